@@ -1,0 +1,142 @@
+"""One-shot example(s) from inline config, JSONL/parquet or the Hub; prompt templates; repetition to fill the batch.
+
+Two row layouts are read, from any source:
+- simple: `{"problem" | "question" | "prompt": str, "answer": str | number, "index"?: int}`
+- verl (the paper's parquet files): `{"prompt": [{"role": "user", "content": ...}], "reward_model": {"ground_truth": ...},
+  "extra_info": {"index": ...}}`
+
+Example:
+    >>> render_prompt("What is 1+1?", "plain")
+    "Question: What is 1+1?\\nAnswer: Let's think step by step."
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowrank_rlvr.config import DataSettings
+from lowrank_rlvr.errors import UserError
+
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int  # pool index (verl extra_info.index) or row number
+    prompt: str  # the problem text, without template
+    answer: str  # gold final answer
+
+
+def render_prompt(problem: str, template: str, tokenizer: Any = None) -> str:
+    """The text the model sees before its answer. The same function serves training and evaluation."""
+    if template == "qwen-math-cot":
+        return (
+            f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n"
+            f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+        )
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UserError("template 'chat' needs a tokenizer with a chat template (use 'plain' for base models)")
+        messages = [{"role": "user", "content": problem}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if template == "plain":
+        return f"Question: {problem}\nAnswer: Let's think step by step."
+    raise UserError(f"unknown template {template!r} (choose qwen-math-cot, chat, plain)")
+
+
+def load_examples(data: DataSettings) -> list[Example]:
+    """The example set named by the config, each with its gold answer (UserError for a row without one)."""
+    if data.examples is not None:
+        examples = [Example(i, ex.prompt, ex.answer) for i, ex in enumerate(data.examples)]
+    elif data.path is not None:
+        examples = [parse_row(row, f"{data.path}: row {n + 1}", n) for n, row in enumerate(read_rows(Path(data.path)))]
+    else:
+        import datasets  # heavy; only for Hub datasets
+
+        try:
+            rows = datasets.load_dataset(data.dataset, split=data.split)
+        except Exception as exc:  # network, missing dataset, bad split: all the user's to fix
+            raise UserError(f"dataset {data.dataset!r} (split {data.split!r}) could not be loaded: {exc}") from None
+        examples = [parse_row(row, f"{data.dataset}: row {n + 1}", n) for n, row in enumerate(rows)]
+    examples = _dedupe(examples)
+    if data.indices is not None:
+        by_index = {ex.index: ex for ex in examples}
+        missing = [i for i in data.indices if i not in by_index]
+        if missing:
+            raise UserError(f"data.indices not found in the data: {missing[:5]}")
+        examples = [by_index[i] for i in data.indices]
+    if not examples:
+        raise UserError("the data holds no examples")
+    return examples
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl or .parquet file as dicts (UserError naming the line for broken JSON)."""
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    rows = []
+    with path.open() as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {line_number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def parse_row(row: dict, where: str, row_number: int) -> Example:
+    """One row in the simple or the verl layout -> Example."""
+    prompt = row.get("prompt", row.get("problem", row.get("question")))
+    if _is_messages(prompt):
+        user_turns = [m["content"] for m in prompt if m.get("role") == "user"]
+        prompt = user_turns[-1] if user_turns else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{where}: no problem text (expected 'problem', 'question' or 'prompt')")
+    answer = row.get("answer")
+    reward_model = row.get("reward_model")
+    if answer is None and isinstance(reward_model, dict):
+        answer = reward_model.get("ground_truth")
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        raise UserError(f"{where}: no answer (expected 'answer' or reward_model.ground_truth)")
+    extra = row.get("extra_info")
+    index = extra.get("index") if isinstance(extra, dict) and extra.get("index") is not None else row.get("index")
+    return Example(int(index) if index is not None else row_number, prompt, _answer_text(answer))
+
+
+def build_train_rows(examples: list[Example], template: str, repeat: int, tokenizer: Any = None) -> list[dict]:
+    """The training set: the example set repeated `repeat` times, prompts rendered (columns TRL passes to rewards)."""
+    rendered = [
+        {"prompt": render_prompt(ex.prompt, template, tokenizer), "answer": ex.answer, "example_index": ex.index}
+        for ex in examples
+    ]
+    return rendered * repeat
+
+
+def _is_messages(value: Any) -> bool:
+    # parquet gives numpy arrays of dicts, JSON gives lists
+    return hasattr(value, "__len__") and not isinstance(value, (str, dict)) and all(isinstance(m, dict) for m in value)
+
+
+def _answer_text(answer: Any) -> str:
+    """Gold answers may be numbers (AMC: 27.0); keep them as short strings ('27')."""
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    return str(answer).strip()
+
+
+def _dedupe(examples: list[Example]) -> list[Example]:
+    """The paper's files repeat one example 128 times; keep each pool index once (repetition is `data.repeat`)."""
+    seen: dict[int, Example] = {}
+    for ex in examples:
+        seen.setdefault(ex.index, ex)
+    return list(seen.values())
