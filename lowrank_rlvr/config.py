@@ -189,7 +189,7 @@ def resolve_config_path(config: str | Path | None) -> Path:
     if config is None:
         return DEFAULT_CONFIG
     path = Path(config)
-    if not path.exists() and not path.suffix and (CONFIG_DIR / f"{config}.yaml").exists():
+    if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
         return CONFIG_DIR / f"{config}.yaml"
     return path
 

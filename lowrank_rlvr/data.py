@@ -50,27 +50,35 @@ def render_prompt(problem: str, template: str, tokenizer: Any = None) -> str:
 def load_examples(data: DataSettings) -> list[Example]:
     """The example set named by the config, each with its gold answer (UserError for a row without one)."""
     if data.examples is not None:
-        examples = [Example(i, ex.prompt, ex.answer) for i, ex in enumerate(data.examples)]
+        rows, source = [ex.model_dump() for ex in data.examples], "data.examples"
     elif data.path is not None:
-        examples = [parse_row(row, f"{data.path}: row {n + 1}", n) for n, row in enumerate(read_rows(Path(data.path)))]
+        rows, source = read_rows(Path(data.path)), data.path
     else:
         import datasets  # heavy; only for Hub datasets
 
         try:
-            rows = datasets.load_dataset(data.dataset, split=data.split)
+            rows, source = datasets.load_dataset(data.dataset, split=data.split), data.dataset
         except Exception as exc:  # network, missing dataset, bad split: all the user's to fix
             raise UserError(f"dataset {data.dataset!r} (split {data.split!r}) could not be loaded: {exc}") from None
-        examples = [parse_row(row, f"{data.dataset}: row {n + 1}", n) for n, row in enumerate(rows)]
-    examples = _dedupe(examples)
+    parsed = [(parse_row(row, n), f"{source}: row {n + 1}") for n, row in enumerate(rows)]
+    by_index: dict[int, tuple[Example, str]] = {}
+    for example, where in parsed:  # the paper's files repeat one example 128 times: keep each index once
+        by_index.setdefault(example.index, (example, where))
     if data.indices is not None:
-        by_index = {ex.index: ex for ex in examples}
         missing = [i for i in data.indices if i not in by_index]
         if missing:
             raise UserError(f"data.indices not found in the data: {missing[:5]}")
-        examples = [by_index[i] for i in data.indices]
-    if not examples:
-        raise UserError("the data holds no examples")
-    return examples
+        chosen = [by_index[i] for i in data.indices]
+    else:
+        chosen = list(by_index.values())
+    if not chosen:
+        raise UserError(f"{source}: no examples")
+    for example, where in chosen:
+        if not example.prompt:
+            raise UserError(f"{where}: no problem text (expected 'problem', 'question' or 'prompt')")
+        if not example.answer:
+            raise UserError(f"{where}: no answer (expected 'answer' or reward_model.ground_truth)")
+    return [example for example, _ in chosen]
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -94,23 +102,23 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def parse_row(row: dict, where: str, row_number: int) -> Example:
-    """One row in the simple or the verl layout -> Example."""
+def parse_row(row: dict, row_number: int) -> Example:
+    """One row in the simple or the verl layout -> Example (empty strings where the row lacks a field)."""
     prompt = row.get("prompt", row.get("problem", row.get("question")))
     if _is_messages(prompt):
         user_turns = [m["content"] for m in prompt if m.get("role") == "user"]
         prompt = user_turns[-1] if user_turns else None
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise UserError(f"{where}: no problem text (expected 'problem', 'question' or 'prompt')")
     answer = row.get("answer")
     reward_model = row.get("reward_model")
     if answer is None and isinstance(reward_model, dict):
         answer = reward_model.get("ground_truth")
-    if answer is None or (isinstance(answer, str) and not answer.strip()):
-        raise UserError(f"{where}: no answer (expected 'answer' or reward_model.ground_truth)")
     extra = row.get("extra_info")
     index = extra.get("index") if isinstance(extra, dict) and extra.get("index") is not None else row.get("index")
-    return Example(int(index) if index is not None else row_number, prompt, _answer_text(answer))
+    return Example(
+        index=int(index) if index is not None else row_number,
+        prompt=prompt.strip() if isinstance(prompt, str) else "",
+        answer=_answer_text(answer) if answer is not None else "",
+    )
 
 
 def build_train_rows(examples: list[Example], template: str, repeat: int, tokenizer: Any = None) -> list[dict]:
@@ -132,11 +140,3 @@ def _answer_text(answer: Any) -> str:
     if isinstance(answer, float) and answer.is_integer():
         return str(int(answer))
     return str(answer).strip()
-
-
-def _dedupe(examples: list[Example]) -> list[Example]:
-    """The paper's files repeat one example 128 times; keep each pool index once (repetition is `data.repeat`)."""
-    seen: dict[int, Example] = {}
-    for ex in examples:
-        seen.setdefault(ex.index, ex)
-    return list(seen.values())

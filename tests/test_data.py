@@ -1,0 +1,72 @@
+"""Examples from every source layout; templates; repetition to fill the batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lowrank_rlvr.config import DataSettings
+from lowrank_rlvr.data import QWEN_MATH_SYSTEM, build_train_rows, load_examples, render_prompt
+from lowrank_rlvr.errors import UserError
+
+
+def test_verl_parquet_of_the_paper_is_one_example(shared_data):
+    examples = load_examples(DataSettings(path=str(shared_data / "train" / "pi1_r128.parquet")))
+    assert len(examples) == 1, "the 128 copies are one example; repetition is data.repeat"
+    (pi1,) = examples
+    assert (pi1.index, pi1.answer) == (124, "12.8")
+    assert pi1.prompt.startswith("The pressure \\( P \\) exerted by wind on a sail")
+
+
+def test_pool_indices_select_examples(shared_data):
+    data = DataSettings(path=str(shared_data / "train" / "dsr_sub.parquet"), indices=[124, 0])
+    examples = load_examples(data)
+    assert [ex.index for ex in examples] == [124, 0]
+    assert examples[0].answer == "12.8" and examples[1].answer == "\\frac{3}{7}"
+
+
+def test_simple_jsonl_layouts_and_numeric_answers(tmp_path):
+    path = tmp_path / "few.jsonl"
+    rows = [{"problem": "p0", "answer": 27.0}, {"question": "p1", "answer": "x"}, {"prompt": "p2", "answer": 3}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_examples(DataSettings(path=str(path)))
+    assert [(ex.index, ex.prompt, ex.answer) for ex in examples] == [(0, "p0", "27"), (1, "p1", "x"), (2, "p2", "3")]
+
+
+def test_broken_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"problem": "p", "answer": "1"}\n{not json\n')
+    with pytest.raises(UserError, match=r"bad.jsonl: line 2: not valid JSON"):
+        load_examples(DataSettings(path=str(path)))
+
+
+def test_unknown_index_is_rejected(shared_data):
+    with pytest.raises(UserError, match=r"data.indices not found in the data: \[5\]"):
+        load_examples(DataSettings(path=str(shared_data / "train" / "pi1_r128.parquet"), indices=[5]))
+
+
+def test_templates():
+    cot = render_prompt("What is 1+1?", "qwen-math-cot")
+    assert cot == (
+        f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert render_prompt("Q", "plain") == "Question: Q\nAnswer: Let's think step by step."
+    with pytest.raises(UserError, match="needs a tokenizer with a chat template"):
+        render_prompt("Q", "chat", tokenizer=None)
+
+
+def test_chat_template_uses_the_tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert render_prompt("Q", "chat", tokenizer) == "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_examples_are_repeated_to_fill_the_batch():
+    examples = load_examples(DataSettings(examples=[{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]))
+    rows = build_train_rows(examples, "plain", repeat=3)
+    assert len(rows) == 6
+    assert [r["example_index"] for r in rows] == [0, 1] * 3
+    assert rows[1] == {"prompt": render_prompt("b", "plain"), "answer": "2", "example_index": 1}
