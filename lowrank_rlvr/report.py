@@ -1,0 +1,415 @@
+"""Training dynamics of one run: PNG plots and a one-page HTML (`lowrank-rlvr report RUN_DIR`).
+
+The paper's Fig. 2-style view of *post-saturation generalization* (Wang et al. 2025, arXiv 2504.20571, Sec. 3.2):
+training accuracy on the one example reaches 100% early, while held-out accuracy keeps rising long after. Next to it,
+the other signals the paper watches: the policy's mean token entropy, the completion length, and the frequency of
+the self-reflection words "rethink", "recheck", "recalculate", "wait", "verify" per 1k completion tokens.
+
+Reads the run folder's files (none is modified):
+- `metrics.jsonl` (required): one object per logged step: `step, train_accuracy, entropy, completion_length,
+  reflection_per_1k_tokens, ...`. A half-written last line (a run still going) is ignored.
+- `eval_by_step.jsonl` (optional, from `lowrank-rlvr eval --run RUN`): `{"step", "benchmarks": {name: acc}, "average"}`;
+  step 0 is the base model. Accuracies may be fractions or percentages (any value above 1 means percentages).
+- `history.json` (optional): per-example training accuracy per epoch; plotted when an example has >= 2 epochs.
+- `config.yaml` (optional): model and example, for the page's header.
+
+Our definition of the saturation step (the paper reads it off the plot): the first step at which the trailing mean
+of `train_accuracy` over `window` logged steps reaches `threshold` (defaults 10 and 0.95). The paper logs 128 x 8
+rollouts per step, so its per-step accuracy is smooth; ours (often 8 rollouts a step) is noisy, hence the window.
+
+Example:
+    >>> saturation_step([1, 2, 3, 4], [0.5, 1.0, 1.0, 1.0], threshold=1.0, window=2)
+    3
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lowrank_rlvr.errors import UserError
+
+REFLECTION_WORDS = ("rethink", "recheck", "recalculate", "wait", "verify")
+SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
+    "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
+    "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
+    "reflection_per_1k_tokens": (
+        "reflection.png",
+        "occurrences per 1k tokens",
+        "Self-reflection words (" + ", ".join(REFLECTION_WORDS) + ")",
+    ),
+}
+TRAIN_COLOR, HELD_OUT_COLOR, SATURATION_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+BENCHMARK_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # none of the above
+
+
+@dataclass
+class RunLogs:
+    run_dir: Path
+    metrics: list[dict]  # one per logged step, sorted by step
+    eval_by_step: list[dict] = field(default_factory=list)  # sorted by step; accuracies as fractions
+    history: dict[str, list[float]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+
+
+def read_run(run_dir: Path) -> RunLogs:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder not found: {run_dir}")
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (is this a run folder written by `lowrank-rlvr train`?)")
+    metrics = _by_step(_read_jsonl(metrics_path))
+    if not metrics:
+        raise UserError(f"{metrics_path}: no steps logged yet")
+    eval_path = run_dir / "eval_by_step.jsonl"
+    eval_by_step = _normalise_eval(_by_step(_read_jsonl(eval_path)), eval_path) if eval_path.is_file() else []
+    history = {}
+    history_path = run_dir / "history.json"
+    if history_path.is_file():
+        try:
+            history = json.loads(history_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{history_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(history, dict):
+            raise UserError(f"{history_path}: expected a JSON object mapping example index to accuracies")
+    config = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        import yaml
+
+        try:  # informational only: raw YAML, so a config whose data file has moved still shows
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError:
+            config = {}
+    return RunLogs(run_dir, metrics, eval_by_step, history, config if isinstance(config, dict) else {})
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    text = path.read_text()
+    lines = text.split("\n")
+    rows = []
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if line_number == len(lines) and not text.endswith("\n"):
+                break  # being written right now by a running job
+            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UserError(f"{path}: line {line_number}: expected a JSON object with an integer 'step'")
+        rows.append(row)
+    return rows
+
+
+def _by_step(rows: list[dict]) -> list[dict]:
+    """One row per step, the last written wins (a resumed run logs its steps again), sorted by step."""
+    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
+
+
+def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
+    """Accuracies as fractions: {"step", "benchmarks": {name: acc}, "average"} with acc in [0, 1]."""
+    values = []
+    for row in rows:
+        if not isinstance(row.get("benchmarks"), dict):
+            raise UserError(f"{path}: step {row['step']}: expected 'benchmarks': {{name: accuracy}}")
+        values += [v for v in row["benchmarks"].values() if _is_number(v)]
+        values += [row["average"]] if _is_number(row.get("average")) else []
+    scale = 100.0 if any(v > 1.0 for v in values) else 1.0
+    normalised = []
+    for row in rows:
+        benchmarks = {name: v / scale for name, v in row["benchmarks"].items() if _is_number(v)}
+        average = row.get("average")
+        if not _is_number(average):
+            average = sum(benchmarks.values()) / len(benchmarks) if benchmarks else None
+        else:
+            average = average / scale
+        normalised.append({"step": row["step"], "benchmarks": benchmarks, "average": average})
+    return normalised
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- numbers (pure) ----------------------------------------------------------------------------------------------
+
+
+def series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric, skipping steps where it was not logged."""
+    points = [(row["step"], float(row[key])) for row in metrics if _is_number(row.get(key))]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def trailing_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def saturation_step(steps: list[int], accuracy: list[float], threshold: float = 0.95, window: int = 10) -> int | None:
+    """First step where the trailing mean of training accuracy over `window` logged steps (all of them, if fewer
+    were logged) reaches `threshold`; None if it never does."""
+    window = max(1, min(window, len(accuracy)))
+    for i in range(window - 1, len(accuracy)):
+        if sum(accuracy[i - window + 1 : i + 1]) / window >= threshold - 1e-12:
+            return steps[i]
+    return None
+
+
+def summarize(logs: RunLogs, threshold: float = 0.95, window: int = 10) -> dict:
+    """The headline numbers: steps, final training accuracy, saturation step, held-out accuracy before/at/after."""
+    steps, accuracy = series(logs.metrics, "train_accuracy")
+    saturated = saturation_step(steps, accuracy, threshold, window) if accuracy else None
+    summary = {
+        "steps_logged": len(logs.metrics),
+        "last_step": logs.metrics[-1]["step"],
+        "final_train_accuracy": trailing_mean(accuracy, window)[-1] if accuracy else None,
+        "saturation_step": saturated,
+        "saturation_threshold": threshold,
+        "saturation_window": window,
+    }
+    evals = [row for row in logs.eval_by_step if row["average"] is not None]
+    if evals:
+        best = max(evals, key=lambda row: row["average"])
+        summary |= {
+            "held_out_first": evals[0]["average"],
+            "held_out_first_step": evals[0]["step"],
+            "held_out_last": evals[-1]["average"],
+            "held_out_last_step": evals[-1]["step"],
+            "held_out_best": best["average"],
+            "held_out_best_step": best["step"],
+        }
+        if saturated is not None:
+            before = [row for row in evals if row["step"] <= saturated]
+            if before:  # post-saturation generalization: what held-out accuracy gained after training saturated
+                summary["held_out_at_saturation"] = before[-1]["average"]
+                summary["held_out_gain_after_saturation"] = evals[-1]["average"] - before[-1]["average"]
+    return summary
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+    ax.grid(True, alpha=0.3)
+    return plt, fig, ax
+
+
+def _mark_saturation(ax, saturated: int | None, last_step: int) -> None:
+    if saturated is None:
+        return
+    ax.axvline(saturated, color=SATURATION_COLOR, linestyle="--", linewidth=1.5, label=f"train acc. saturated (step {saturated})")
+    ax.axvspan(saturated, max(last_step, saturated), color=SATURATION_COLOR, alpha=0.06)
+
+
+def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
+    """Training accuracy on the example(s) (raw and trailing mean) vs held-out accuracy over steps, in percent."""
+    plt, fig, ax = _figure()
+    steps, accuracy = series(logs.metrics, "train_accuracy")
+    window = summary["saturation_window"]
+    if steps:
+        ax.plot(steps, [100 * a for a in accuracy], color=TRAIN_COLOR, alpha=0.25, linewidth=1)
+        ax.plot(steps, [100 * a for a in trailing_mean(accuracy, window)], color=TRAIN_COLOR, linewidth=2,
+                label=f"training accuracy (mean of {window} steps)")
+    evals = logs.eval_by_step
+    if evals:
+        names = sorted({name for row in evals for name in row["benchmarks"]})
+        if len(names) > 1:
+            for number, name in enumerate(names):
+                points = [(row["step"], row["benchmarks"][name]) for row in evals if name in row["benchmarks"]]
+                ax.plot([s for s, _ in points], [100 * v for _, v in points], linewidth=0.9, linestyle=":", marker=".",
+                        color=BENCHMARK_COLORS[number % len(BENCHMARK_COLORS)], alpha=0.8, label=name)
+        points = [(row["step"], row["average"]) for row in evals if row["average"] is not None]
+        label = "held-out average" if len(names) > 1 else f"held-out ({names[0]})" if names else "held-out"
+        ax.plot([s for s, _ in points], [100 * v for _, v in points], color=HELD_OUT_COLOR, linewidth=2.2,
+                marker="o", markersize=4, label=label)
+    else:
+        ax.text(0.99, 0.03, "no held-out accuracy yet: run `lowrank-rlvr eval --run RUN`", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=8, color="gray")
+    _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
+    if summary["saturation_step"] is None and steps:
+        ax.text(0.01, 0.97, f"not saturated: mean of {window} steps stayed below {100 * summary['saturation_threshold']:.0f}%",
+                transform=ax.transAxes, ha="left", va="top", fontsize=8, color="gray")
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Training accuracy on the example(s) vs held-out accuracy")
+    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | None:
+    """One metric over steps (raw and trailing mean), saturation marked; None if the run never logged it."""
+    steps, values = series(logs.metrics, key)
+    if not steps:
+        return None
+    _, ylabel, title = SERIES[key]
+    plt, fig, ax = _figure()
+    window = summary["saturation_window"]
+    ax.plot(steps, values, color="#444444", alpha=0.3, linewidth=1, label="per step")
+    ax.plot(steps, trailing_mean(values, window), color="#9467bd", linewidth=2, label=f"mean of {window} steps")
+    _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    low, high = min(0.0, min(values)), max(values)
+    span = (high - low) or 1.0
+    ax.set_ylim(low - 0.04 * span, high + 0.1 * span)  # a flat zero line stays visible above the axis
+    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: dict[str, list[float]], path: Path, most: int = 8) -> Path | None:
+    """Per-example training accuracy per epoch (the `select` input); the `most` examples that varied most."""
+    lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
+    if not lists:
+        return None
+    from lowrank_rlvr.select import history_scores, parse_history, rank_by_score
+
+    scores = history_scores(parse_history(lists, "history.json"))
+    shown = rank_by_score(scores)[:most]
+    plt, fig, ax = _figure()
+    for index in shown:
+        values = lists[str(index)]
+        ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", markersize=3, linewidth=1.2,
+                label=f"example {index} (std {scores[index]:.2f})")
+    ax.set_ylim(-2, 102)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training accuracy (%)")
+    more = f", {len(shown)} of {len(lists)} with the largest spread" if len(lists) > len(shown) else ""
+    ax.set_title(f"Per-example training accuracy per epoch{more}", fontsize=10)
+    ax.legend(loc="best", fontsize=7, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# -- the page ----------------------------------------------------------------------------------------------------
+
+
+def build_report(
+    run_dir: Path, output_dir: Path | None = None, threshold: float = 0.95, window: int = 10
+) -> tuple[Path, dict]:
+    """Write the PNGs and `report.html` into `output_dir` (default RUN/report). Returns (html path, summary)."""
+    if not 0 < threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1] (got {threshold})")
+    if window < 1:
+        raise UserError(f"--window must be >= 1 (got {window})")
+    logs = read_run(Path(run_dir))
+    output_dir = Path(output_dir) if output_dir else logs.run_dir / "report"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(logs, threshold, window)
+    figures = [("accuracy", plot_accuracy(logs, summary, output_dir / "accuracy.png"))]
+    missing = []
+    for key, (filename, _, _) in SERIES.items():
+        written = plot_series(logs, key, summary, output_dir / filename)
+        if written:
+            figures.append((key, written))
+        else:
+            missing.append(key)
+    history_png = plot_history(logs.history, output_dir / "history.png")
+    if history_png:
+        figures.append(("history", history_png))
+    summary["figures"] = [str(path) for _, path in figures]
+    summary["not_logged"] = missing
+    html_path = output_dir / "report.html"
+    html_path.write_text(_page(logs, summary, figures))
+    return html_path, summary
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
+    cfg = logs.config
+    model = (cfg.get("model") or {}).get("name_or_path", "?")
+    data = cfg.get("data") or {}
+    if data.get("examples"):
+        example = "; ".join(f"{ex.get('prompt')} (answer {ex.get('answer')})" for ex in data["examples"][:3])
+    else:
+        example = data.get("path") or data.get("dataset") or "?"
+        if data.get("indices"):
+            example += f" (indices {data['indices'][:5]})"
+    saturated = summary["saturation_step"]
+    rows = [
+        ("model", model),
+        ("training example(s)", example),
+        ("steps logged", f"{summary['steps_logged']} (last step {summary['last_step']})"),
+        (f"training accuracy (mean of last {summary['saturation_window']} steps)", _percent(summary["final_train_accuracy"])),
+        (
+            "saturation step",
+            f"{saturated}" if saturated is not None else "not reached",
+        ),
+    ]
+    if "held_out_first" in summary:
+        rows += [
+            ("held-out accuracy", f"{_percent(summary['held_out_first'])} at step {summary['held_out_first_step']} -> "
+             f"{_percent(summary['held_out_last'])} at step {summary['held_out_last_step']} "
+             f"(best {_percent(summary['held_out_best'])} at step {summary['held_out_best_step']})"),
+        ]
+        if "held_out_gain_after_saturation" in summary:
+            gain = 100 * summary["held_out_gain_after_saturation"]
+            rows.append(("held-out change after saturation", f"{gain:+.1f} points"))
+    else:
+        rows.append(("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)"))
+    if summary["not_logged"]:
+        rows.append(("not logged by this run", ", ".join(summary["not_logged"])))
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    images = "\n".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{path.name}</figcaption></figure>"
+        for name, path in figures
+    )
+    definition = (
+        f"Saturation step: the first step at which the mean training accuracy over the last {summary['saturation_window']} "
+        f"logged steps reached {100 * summary['saturation_threshold']:.0f}% (our definition; the paper reads it off "
+        "the curve). Reflection words: " + ", ".join(REFLECTION_WORDS) + ", counted per 1,000 completion tokens."
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lowrank-rlvr report: {html.escape(logs.run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 1.5em auto; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }}
+th, td {{ text-align: left; padding: 3px 10px; border-bottom: 1px solid #ddd; vertical-align: top; }}
+th {{ color: #555; font-weight: 600; white-space: nowrap; }}
+.grid {{ display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }}
+figure {{ margin: 0; }} img {{ width: 100%; }} figcaption {{ font-size: 0.75em; color: #888; }}
+p.note {{ font-size: 0.85em; color: #555; }}
+</style></head>
+<body>
+<h1>Run report: {html.escape(str(logs.run_dir))}</h1>
+<table>
+{table}
+</table>
+<div class="grid">
+{images}
+</div>
+<p class="note">{html.escape(definition)}</p>
+</body></html>
+"""
