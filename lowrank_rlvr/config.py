@@ -79,6 +79,11 @@ class DataSettings(_Section):
     indices: list[int] | None = Field(
         None, description="Keep only these examples: extra_info.index in verl files, else the row number."
     )
+    skip_missing_answers: bool = Field(
+        False,
+        description="Drop examples without a gold answer (with a warning) instead of failing. The paper's DSR-sub "
+        "pool has one (index 265); leave off for one-shot files, where a missing answer is a mistake.",
+    )
     template: Literal["qwen-math-cot", "chat", "plain"] = Field(
         "qwen-math-cot",
         description="'qwen-math-cot': Qwen2.5-Math system prompt 'Please reason step by step, and put your final "

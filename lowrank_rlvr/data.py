@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +72,19 @@ def load_examples(data: DataSettings) -> list[Example]:
         chosen = [by_index[i] for i in data.indices]
     else:
         chosen = list(by_index.values())
-    if not chosen:
-        raise UserError(f"{source}: no examples")
     for example, where in chosen:
         if not example.prompt:
             raise UserError(f"{where}: no problem text (expected 'problem', 'question' or 'prompt')")
-        if not example.answer:
-            raise UserError(f"{where}: no answer (expected 'answer' or reward_model.ground_truth)")
-    return [example for example, _ in chosen]
+    unanswered = [(example, where) for example, where in chosen if not example.answer]
+    if unanswered and not data.skip_missing_answers:
+        where = unanswered[0][1]
+        raise UserError(f"{where}: no answer (expected 'answer' or reward_model.ground_truth)")
+    if unanswered:
+        print(f"warning: skipped {len(unanswered)} example(s) without an answer: {unanswered[0][1]}, ...", file=sys.stderr)
+    examples = [example for example, _ in chosen if example.answer]
+    if not examples:
+        raise UserError(f"{source}: no examples")
+    return examples
 
 
 def read_rows(path: Path) -> list[dict]:

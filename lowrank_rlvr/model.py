@@ -115,9 +115,11 @@ def _load_unsloth(cfg: RunConfig) -> tuple[Any, Any, None]:
         os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
     from unsloth import FastLanguageModel  # noqa: F401  (import before trl/transformers models: it patches them)
 
-    max_seq_length = _prompt_budget(cfg) + cfg.grpo.max_completion_length
+    path = resolve_model_path(cfg.model.name_or_path)
+    # vLLM's context is sized once, here: the longest rendered prompt of the data plus the completion budget.
+    max_seq_length = _longest_prompt_tokens(cfg, path) + cfg.grpo.max_completion_length
     model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=resolve_model_path(cfg.model.name_or_path),
+        model_name=path,
         max_seq_length=max_seq_length,
         load_in_4bit=cfg.model.load_in_4bit,
         dtype=compute_dtype(cfg.model.dtype),
@@ -137,6 +139,11 @@ def _load_unsloth(cfg: RunConfig) -> tuple[Any, Any, None]:
     return model, tokenizer, None
 
 
-def _prompt_budget(cfg: RunConfig) -> int:
-    """Tokens reserved for the prompt in vLLM's context (the paper's prompts are < 1,024 tokens)."""
-    return 1024
+def _longest_prompt_tokens(cfg: RunConfig, path: str) -> int:
+    from transformers import AutoTokenizer
+
+    from lowrank_rlvr.data import load_examples, render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rendered = [render_prompt(ex.prompt, cfg.data.template, tokenizer) for ex in load_examples(cfg.data)]
+    return max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in rendered)

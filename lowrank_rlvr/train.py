@@ -43,7 +43,16 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
     examples = load_examples(cfg.data)  # bad data fails here, before any model loads
     backend = choose_backend(cfg.model.backend)
     checkpoint = _checkpoint_to_resume(cfg, output_dir) if resume else _check_fresh(output_dir)
-    write_resolved(cfg, output_dir)
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if rank == 0:  # under accelerate/torchrun only the main process writes to the run folder
+        write_resolved(cfg, output_dir)
+    print(
+        f"process {rank}/{world_size}: backend {backend}, {cfg.generation_batch_size // cfg.grpo.num_generations} "
+        f"prompts x {cfg.grpo.num_generations} rollouts per generation batch "
+        f"({cfg.grpo.per_device_train_batch_size} per device x {cfg.grpo.gradient_accumulation_steps} accumulation "
+        f"x {world_size} processes)",
+        flush=True,
+    )
     if not cuda_available() and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
@@ -57,7 +66,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
     from lowrank_rlvr.rewards import Grader
 
     train_dataset = Dataset.from_list(build_train_rows(examples, cfg.data.template, cfg.data.repeat, tokenizer))
-    recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint))
+    recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint), is_main=rank == 0)
     with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:
         trainer = GRPOTrainer(
             model=model,
@@ -103,6 +112,12 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
         beta=g.beta,
         entropy_coef=g.entropy_coef,
         epsilon=g.epsilon,
+        # Unsloth 2026.10.9's GRPOConfig swaps in DAPO-paper defaults (clip-higher 0.28, masking truncated
+        # completions, 8-bit Adam) unless these are given: pin them so both backends run the same recipe.
+        epsilon_high=g.epsilon,
+        mask_truncated_completions=False,
+        optim="adamw_torch",
+        vllm_importance_sampling_correction=True,
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
         learning_rate=g.learning_rate,
@@ -164,13 +179,15 @@ class RunRecorder:
     Only the main process writes. Per-example accuracies are gathered from all processes at each epoch's end.
     """
 
-    def __init__(self, output_dir: Path, resumed_step: int | None):
+    def __init__(self, output_dir: Path, resumed_step: int | None, is_main: bool):
         self.output_dir = output_dir
         self.metrics_path = output_dir / "metrics.jsonl"
         self.history_path = output_dir / "history.json"
         self.started = time.monotonic()
         self.epoch_correct: dict[int, list[float]] = defaultdict(list)
         self.history: dict[str, list[float]] = {}
+        if not is_main:
+            return
         if resumed_step is not None:
             self._truncate_to(resumed_step)
         else:

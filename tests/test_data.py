@@ -70,3 +70,11 @@ def test_examples_are_repeated_to_fill_the_batch():
     assert len(rows) == 6
     assert [r["example_index"] for r in rows] == [0, 1] * 3
     assert rows[1] == {"prompt": render_prompt("b", "plain"), "answer": "2", "example_index": 1}
+
+
+def test_pool_rows_without_answer_fail_unless_skipped(shared_data):
+    pool = str(shared_data / "train" / "dsr_sub.parquet")
+    with pytest.raises(UserError, match=r"dsr_sub.parquet: row 266: no answer"):
+        load_examples(DataSettings(path=pool))
+    examples = load_examples(DataSettings(path=pool, skip_missing_answers=True))
+    assert len(examples) == 1208 and 265 not in {ex.index for ex in examples}
