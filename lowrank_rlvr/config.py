@@ -232,7 +232,9 @@ def write_resolved(cfg: RunConfig, output_dir: Path) -> Path:
         "generation_batch_size": cfg.generation_batch_size,
         "prompts_per_generation_batch": cfg.generation_batch_size // cfg.grpo.num_generations,
     }
-    target.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    staging = target.with_name("config.yaml.partial")
+    staging.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    staging.replace(target)  # atomic: under accelerate/torchrun the other processes read it at the same time (--resume)
     return target
 
 

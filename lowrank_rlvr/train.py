@@ -57,6 +57,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
         import torch
 
         torch.set_num_threads(1)  # CPU: more threads than cores per process makes small-model steps 10-50x slower
+    if not cuda_available() and world_size > 1:
+        # accelerate 1.15 names each CPU rank's device "cpu:0", and transformers 5.17 resumes a multi-process run with
+        # torch.load(map_location=args.device), which cannot map to an indexed CPU: a plain "cpu" device resumes.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
 
     model, tokenizer, peft_config = load_policy(cfg, backend)  # unsloth (if chosen) is imported here, before trl: it patches trl
     from datasets import Dataset
@@ -82,11 +86,13 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
             print(f"resuming from {checkpoint.name} (step {_step_of(checkpoint)})")
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    adapter_dir = output_dir / "adapter"
+    adapter_dir, staging = output_dir / "adapter", output_dir / "adapter.partial"
     if trainer.is_world_process_zero():
-        staging = output_dir / "adapter.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # on every process: under ZeRO-3 it gathers the sharded weights; rank 0 writes
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
         shutil.rmtree(adapter_dir, ignore_errors=True)
         staging.rename(adapter_dir)  # atomic: adapter/ is complete or absent
         print(f"adapter saved to {adapter_dir}")
@@ -140,6 +146,7 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
         fp16=dtype == torch.float16 and not on_cpu,
         gradient_checkpointing=cfg.model.gradient_checkpointing and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
         save_strategy="steps",
         report_to="none",
         disable_tqdm=True,  # RunRecorder draws the progress bar
@@ -212,6 +219,10 @@ class RunRecorder:
                     recorder._write_metrics(state.global_step, logs)
 
             def on_save(self, args, state, control, **kwargs):
+                if _distributed():  # every process writes its own rng_state_<rank>.pth: wait for all of them
+                    import torch.distributed
+
+                    torch.distributed.barrier()
                 if state.is_world_process_zero:  # the Trainer has written every file of the checkpoint by now
                     folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                     (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
