@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lowrank_rlvr.data import render_prompt
 
-RECIPE_VERSION = "v1"
+RECIPE_VERSION = "v2"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -88,7 +88,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
         num_attention_heads=4,  # head dim 32
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # an adapter on lm_head then merges without touching the input embeddings
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,

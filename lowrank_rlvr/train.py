@@ -64,11 +64,12 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
 
     model, tokenizer, peft_config = load_policy(cfg, backend)  # unsloth (if chosen) is imported here, before trl: it patches trl
     from datasets import Dataset
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, set_seed
     from trl import GRPOTrainer
 
     from lowrank_rlvr.rewards import Grader
 
+    set_seed(cfg.grpo.seed)  # TRL initialises the LoRA weights before the Trainer seeds anything
     train_dataset = Dataset.from_list(build_train_rows(examples, cfg.data.template, cfg.data.repeat, tokenizer))
     recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint), is_main=rank == 0)
     with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:

@@ -62,11 +62,11 @@ def test_run_folder_holds_config_adapter_checkpoints_and_history(tiny_run, tiny_
     assert "num_generations: 8" in resolved and "generation_batch_size: 8" in resolved
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert Path(adapter_config["base_model_name_or_path"]) == tiny_model
-    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-200"]
     for checkpoint in run_dir.glob("checkpoint-*"):
         assert (checkpoint / "checkpoint_complete").exists() and (checkpoint / "optimizer.pt").exists()
     history = json.loads((run_dir / "history.json").read_text())
-    assert list(history) == ["0"] and len(history["0"]) == 3  # 300 steps over 128 prompts: 2 epochs and a part
+    assert list(history) == ["0"] and len(history["0"]) == 2  # 200 steps over 128 prompts: an epoch and a part
     assert "adapter saved to" in tiny_run["result"].stdout
 
 
@@ -116,3 +116,16 @@ def test_resume_without_a_complete_checkpoint_is_an_error(cli, tmp_path):
     (tmp_path / "run" / "checkpoint-5").mkdir(parents=True)  # no completion marker
     result = cli.invoke(app, ["train", "tiny-cpu", "--output-dir", str(tmp_path / "run"), "--resume"])
     assert result.exit_code == 2 and "no complete checkpoint" in result.stderr
+
+
+def test_unsloth_backend_without_cuda_is_one_line_and_exit_2(cli, tmp_path):
+    result = cli.invoke(app, ["train", "tiny-cpu", "-o", str(tmp_path / "run"), "--set", "model.backend=unsloth"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: backend 'unsloth' needs a CUDA GPU and none was found (use model.backend: hf)"
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_backend_is_hf_without_cuda():
+    from lowrank_rlvr.model import choose_backend
+
+    assert choose_backend("auto") == "hf" and choose_backend("hf") == "hf"
