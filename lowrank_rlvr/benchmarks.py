@@ -1,0 +1,175 @@
+"""The paper's six evaluation sets as `Problem(id, problem, answer)`, from a local folder or the Hugging Face Hub.
+
+Local files (`--data-dir DIR`) follow the Qwen2.5-Math evaluation layout, one JSON object per line in
+`DIR/<name>.jsonl`, as shipped with the One-Shot RLVR authors' fork of that suite. Gold answers are taken as that
+suite's `parse_ground_truth` takes them:
+
+| name          | problem text            | gold answer                                   |
+|---------------|-------------------------|-----------------------------------------------|
+| math500       | `problem`               | `answer`                                      |
+| aime24        | `problem` (`question`)  | `answer` (leading zeros dropped: '025' -> '25')|
+| aime25        | `problem` (`question`)  | `answer`                                      |
+| amc23         | `problem` (`question`)  | `answer`, a float (27.0 -> '27')              |
+| minerva_math  | `problem` (`question`)  | the last `\\boxed{...}` of `solution`         |
+| olympiadbench | `question` (`problem`)  | `final_answer[0]` with its `$` signs removed  |
+
+Departure from the Qwen suite: it strips only the outer `$` of OlympiadBench answers (`'$69$,$84$'` -> `'69$,$84'`);
+we remove every `$` (`'69,84'`), so multi-part answers stay parsable by math-verify.
+
+Without `data_dir`, the public Hub copies below are downloaded with `datasets.load_dataset` and their rows go
+through the same parser (the field names above are looked up in the same order). These ids could not be exercised
+in this project's offline tests; pass `--data-dir` to pin exactly what you evaluate on.
+
+Example:
+    >>> problems = load_benchmark("amc23", data_dir="../shared/data/benchmarks")
+    >>> problems[0].answer
+    '27'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from lowrank_rlvr.errors import UserError
+
+BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order
+
+# name -> (Hub dataset id, config, split) used when no data_dir is given.
+HUB_DATASETS: dict[str, tuple[str, str | None, str]] = {
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
+    "aime24": ("HuggingFaceH4/aime_2024", None, "train"),
+    "aime25": ("math-ai/aime25", None, "test"),
+    "amc23": ("zwhe99/amc23", None, "test"),
+    "minerva_math": ("svc-huggingface/minerva-math", None, "test"),
+    "olympiadbench": ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train"),
+}
+
+_ID_FIELDS = ("unique_id", "id", "idx")
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # the dataset's own id (unique_id / id / idx) where it has one, else the row number
+    problem: str  # the problem text, without template
+    answer: str  # gold final answer, as math-verify will read it
+
+
+def parse_benchmarks(names: str | Iterable[str] | None) -> list[str]:
+    """'math500,aime24' (or a list, or None for all six) -> validated names, in the given order."""
+    if names is None:
+        return list(BENCHMARKS)
+    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in items if n not in BENCHMARKS]
+    if unknown or not items:
+        raise UserError(f"unknown benchmark {', '.join(unknown) or '(none)'}: choose from {', '.join(BENCHMARKS)}")
+    return list(dict.fromkeys(items))
+
+
+def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Problem]:
+    """Every problem of benchmark `name` with its gold answer; from `<data_dir>/<name>.jsonl`, else from the Hub."""
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {name!r}: choose from {', '.join(BENCHMARKS)}")
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / f"{name}.jsonl"
+        if not path.is_file():
+            raise UserError(f"benchmark file not found: {path}")
+        rows, where = _read_jsonl(path), str(path)
+    else:
+        rows, where = _download(name), HUB_DATASETS[name][0]
+    problems = [parse_problem(name, row, f"{where}: line {n + 1}", n) for n, row in enumerate(rows)]
+    if not problems:
+        raise UserError(f"{where}: no problems")
+    if len({p.id for p in problems}) != len(problems):  # ids must be unique: results are resumed by id
+        problems = [Problem(str(n), p.problem, p.answer) for n, p in enumerate(problems)]
+    return problems
+
+
+def parse_problem(name: str, row: dict, where: str, row_number: int) -> Problem:
+    """One row of benchmark `name` -> Problem (UserError naming `where` when text or answer is missing)."""
+    first = ("question", "problem") if name == "olympiadbench" else ("problem", "question")
+    text = next((row[k] for k in first if isinstance(row.get(k), str) and row[k].strip()), None)
+    if text is None:
+        raise UserError(f"{where}: no problem text (expected 'problem' or 'question')")
+    answer = _gold_answer(name, row)
+    if answer is None or not answer.strip():
+        raise UserError(f"{where}: no gold answer for {name}")
+    row_id = next((row[k] for k in _ID_FIELDS if row.get(k) is not None), row_number)
+    return Problem(str(row_id), text, answer.strip())
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, braces matched; None if there is none.
+
+    Used only to read gold answers out of reference solutions (Minerva); responses are graded by `rewards`.
+    """
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    open_brace = text.find("{", start)
+    if open_brace < 0:
+        return None
+    depth = 0
+    for pos in range(open_brace, len(text)):
+        if text[pos] == "{":
+            depth += 1
+        elif text[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_brace + 1 : pos]
+    return None
+
+
+def _gold_answer(name: str, row: dict) -> str | None:
+    if name == "olympiadbench":
+        final = row.get("final_answer")
+        if isinstance(final, str):
+            final = [final]
+        return str(final[0]).replace("$", "") if final is not None and len(final) else None
+    if name == "minerva_math" and isinstance(row.get("solution"), str):
+        return last_boxed(row["solution"])
+    answer = row.get("answer")
+    if answer is None:
+        return None
+    return _answer_text(answer)
+
+
+def _answer_text(answer: Any) -> str:
+    """Numbers as short strings: AMC's 27.0 -> '27', AIME's '025' -> '25'; anything else unchanged."""
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    text = str(answer).strip()
+    if re.fullmatch(r"-?\d+(\.0+)?", text):  # '025', '27.0', '-1.0'
+        return str(int(text.split(".")[0]))
+    return text
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open() as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: line {line_number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _download(name: str) -> list[dict]:
+    import datasets  # heavy; only for Hub copies
+
+    dataset_id, config, split = HUB_DATASETS[name]
+    try:
+        rows = datasets.load_dataset(dataset_id, config, split=split)
+    except Exception as exc:  # network, a moved dataset: the user's to fix (or pass --data-dir)
+        raise UserError(f"benchmark {name}: Hub dataset {dataset_id!r} could not be loaded ({exc}); "
+                        "use --data-dir with <name>.jsonl files") from None
+    return [dict(row) for row in rows]
