@@ -23,6 +23,14 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _quiet_libraries() -> None:
+    # bitsandbytes 0.50.2 warns on every CPU import that an optional `kernels` package is missing; it changes nothing.
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def _fail_cleanly(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -58,34 +66,141 @@ def train(
 
 
 @app.command(name="eval")
-def evaluate() -> None:
+@_fail_cleanly
+def evaluate(
+    model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder or builtin:tiny-qwen2 (optional with --run)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: all)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: download from the Hub)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
+    max_tokens: int = typer.Option(3072, "--max-tokens", help="Maximum new tokens per response."),
+    template: Optional[str] = typer.Option(None, "--template", help="qwen-math-cot (default; with --run: the run's), chat or plain."),
+    backend: str = typer.Option("auto", "--backend", help="vllm, hf (transformers generate) or auto (vllm when installed)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report JSON (responses go to the .jsonl beside it). Default: RUN/eval_report.json for a run's adapter, else ./eval_report.json."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
+) -> None:
     """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench."""
-    _not_implemented("eval")
+    from lowrank_rlvr.evaluate import run_eval_command
+
+    typer.echo(run_eval_command(
+        model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
+        output, seed, batch_size,
+    ))
 
 
 @app.command()
-def merge() -> None:
+@_fail_cleanly
+def merge(
+    adapter_dir: Path = typer.Argument(..., help="LoRA adapter folder: RUN/adapter or RUN/checkpoint-N."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged model (must be new or empty)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the adapter's, in 16-bit)."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Weights of the merged model: bf16, fp16 or fp32."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Upload to this Hub repo (user/name)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output folder."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="Also write GGUF with this quantization (Unsloth), e.g. q4_k_m."),
+) -> None:
     """Merge an adapter into a 16/32-bit base and export it (optionally to the Hugging Face Hub)."""
-    _not_implemented("merge")
+    from lowrank_rlvr.merge import export
+
+    metrics = export(adapter_dir, output, base, dtype, overwrite, push_to_hub, private, gguf)
+    typer.echo(
+        f"merged {adapter_dir} into {metrics['base']} ({metrics['dtype']}) -> {output} "
+        f"({metrics['size_bytes'] / 1e6:.1f} MB, logits match base+adapter to {metrics['logits_max_rel_diff']:.1e})"
+    )
+    if "hub_url" in metrics:
+        typer.echo(f"uploaded: {metrics['hub_url']}")
 
 
 @app.command()
-def select() -> None:
+@_fail_cleanly
+def select(
+    history: Optional[Path] = typer.Argument(
+        None, help="History JSON ({\"<pool index>\": [accuracy per epoch, ...]}) or a run folder with history.json."
+    ),
+    pool: Path = typer.Option(..., "--pool", help="Pool .jsonl or .parquet (verl or simple layout)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the selection: .jsonl or .parquet."),
+    top: Optional[int] = typer.Option(None, "--top", help="Write the N highest-scoring examples (default 1)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Write only the example at rank K (1 = pi_1)."),
+    method: str = typer.Option("std", "--method", help="'std' (historical variance score) or 'random'."),
+    repeat: int = typer.Option(1, "--repeat", help="Write the selection this many times (the paper's pi1_r128: 128)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --method random and for --estimate sampling."),
+    estimate: Optional[str] = typer.Option(
+        None, "--estimate", help="No history: sample rollouts with this base model and rank by their spread (our approximation)."
+    ),
+    samples: int = typer.Option(8, "--samples", help="--estimate: rollouts per pool example."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="--estimate: only the first N pool examples."),
+    template: str = typer.Option("qwen-math-cot", "--template", help="--estimate: qwen-math-cot, chat or plain."),
+    temperature: float = typer.Option(0.6, "--temperature", help="--estimate: sampling temperature."),
+    max_new_tokens: int = typer.Option(3072, "--max-new-tokens", help="--estimate: tokens per rollout."),
+) -> None:
     """Rank pool examples by historical variance score and write the chosen one(s)."""
-    _not_implemented("select")
+    from lowrank_rlvr.select import describe, run_select
+
+    selected, metrics = run_select(
+        history, pool, output, top=top, rank=rank, method=method, repeat=repeat, seed=seed, estimate=estimate,
+        samples=samples, limit=limit, template=template, temperature=temperature, max_new_tokens=max_new_tokens,
+    )
+    typer.echo(describe(selected, metrics))
 
 
 @app.command()
-def grade() -> None:
+@_fail_cleanly
+def grade(
+    input_path: Path = typer.Argument(..., help="INPUT.jsonl: one JSON object per line with 'response' and 'answer'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Input lines plus 'reward' and 'extracted', in order."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Grading worker processes."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="Hard time limit in seconds per response."),
+    kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
+) -> None:
     """Grade a JSONL of responses against answers with the training reward."""
-    _not_implemented("grade")
+    from lowrank_rlvr.rewards import grade_file
+
+    typer.echo(grade_file(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind)["summary"])
 
 
 @app.command()
-def plan() -> None:
-    """Estimate peak GPU memory of a config before downloading anything."""
-    _not_implemented("plan")
+@_fail_cleanly
+def plan(
+    config: Optional[str] = typer.Argument(None, help="YAML config path or shipped name (default: qwen2.5-math-1.5b-pi1)."),
+    gpu_memory: Optional[float] = typer.Option(
+        None, "--gpu-memory", help="GPU memory in GiB as the driver reports it (default: the detected GPU, else 24)."
+    ),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting: --set grpo.max_completion_length=2048."),
+    env: bool = typer.Option(False, "--env", help="Report versions, the GPU and the backend 'auto' picks, then exit."),
+) -> None:
+    """Estimate peak GPU memory of a config before downloading anything (exit 3 when it does not fit)."""
+    from lowrank_rlvr.plan import plan_command
+
+    text, exit_code = plan_command(config, overrides, gpu_memory, env)
+    typer.echo(text)
+    raise typer.Exit(exit_code)
+
+
+@app.command()
+@_fail_cleanly
+def report(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `lowrank-rlvr train` (metrics.jsonl, ...)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default RUN_DIR/report)."),
+    threshold: float = typer.Option(0.95, "--threshold", help="Training accuracy that counts as saturated."),
+    window: int = typer.Option(10, "--window", help="Logged steps averaged for the saturation test and smoothing."),
+) -> None:
+    """Plot training vs held-out accuracy, entropy, length and reflection words; write a one-page HTML."""
+    from lowrank_rlvr.report import build_report
+
+    html_path, summary = build_report(run_dir, output_dir, threshold=threshold, window=window)
+    saturated = summary["saturation_step"]
+    typer.echo(f"saturation step: {saturated if saturated is not None else 'not reached'}; report: {html_path}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # `python -m lowrank_rlvr.cli ...`, e.g. under `accelerate launch -m lowrank_rlvr.cli train ...`
+    main()

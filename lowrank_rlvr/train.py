@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
     from lowrank_rlvr.rewards import Grader
 
     set_seed(cfg.grpo.seed)  # TRL initialises the LoRA weights before the Trainer seeds anything
+    # peft 0.21 says so at every save when lm_head is adapted (it then stores the frozen lm_head beside the adapter)
+    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`")
     train_dataset = Dataset.from_list(build_train_rows(examples, cfg.data.template, cfg.data.repeat, tokenizer))
     recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint), is_main=rank == 0)
     with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:

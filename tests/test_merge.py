@@ -23,6 +23,7 @@ PROMPTS = [
     "<|im_start|>user\nWhat is 17+25?<|im_end|>\n<|im_start|>assistant\n",
     "Question: Find x such that 2x+3=7.\nAnswer: Let's think step by step.",
 ]
+REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "lowrank-rlvr")
 
 
@@ -373,15 +374,14 @@ VLLM_SCRIPT = textwrap.dedent(
 
 
 def _vllm_python() -> str:
-    """This interpreter when it has vLLM, else LOWRANK_RLVR_VLLM_PYTHON (e.g. .venv-vllm/bin/python), else skip."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is not None:
-        return sys.executable
-    other = os.environ.get("LOWRANK_RLVR_VLLM_PYTHON")
-    if other:
-        return other
-    pytest.importorskip("vllm")
+    """The interpreter of the vLLM venv (`make setup-vllm`), or LOWRANK_RLVR_VLLM_PYTHON; skip when there is none,
+    fail when `make test-vllm` requires it (LOWRANK_RLVR_REQUIRE_VLLM=1)."""
+    python = Path(os.environ.get("LOWRANK_RLVR_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+    if python.exists():
+        return str(python)
+    if os.environ.get("LOWRANK_RLVR_REQUIRE_VLLM") == "1":
+        pytest.fail(f"no vLLM interpreter at {python}: run make setup-vllm")
+    pytest.skip(f"no vLLM interpreter at {python} (make setup-vllm)")
 
 
 @pytest.mark.vllm

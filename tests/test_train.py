@@ -74,10 +74,14 @@ def test_run_folder_holds_config_adapter_checkpoints_and_history(tiny_run, tiny_
 def test_lora_weights_changed_and_base_weights_did_not(tiny_run, tiny_model):
     final = load_file(tiny_run["dir"] / "adapter" / "adapter_model.safetensors")
     early = load_file(tiny_run["dir"] / "checkpoint-100" / "adapter_model.safetensors")
-    assert final and all("lora_" in name for name in final), "the adapter holds LoRA tensors only"
+    base = load_file(tiny_model / "model.safetensors")
+    # the adapter holds LoRA tensors, plus (peft's rule when lm_head is adapted) a copy of the frozen lm_head
+    copied = {name for name in final if "lora_" not in name}
+    assert copied == {"base_model.model.lm_head.base_layer.weight"}
+    assert (final.pop("base_model.model.lm_head.base_layer.weight") == base["lm_head.weight"]).all()
     # peft initialises every lora_B to zero: training must have moved all of them, and kept moving after step 100
     assert all(t.abs().sum() > 0 for name, t in final.items() if "lora_B" in name)
-    assert any(not (final[name] == early[name]).all() for name in final)
+    assert any(not (final[name] == early[name]).all() for name in final if "lora_" in name)
     assert sha256(tiny_model / "model.safetensors") == tiny_run["base_before"]
 
 
