@@ -28,13 +28,14 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from lowrank_rlvr.data import read_jsonl
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.rewards import answer_text
 
 BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order
 
@@ -77,10 +78,10 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Proble
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
             raise UserError(f"benchmark file not found: {path}")
-        rows, where = _read_jsonl(path), str(path)
+        numbered, where = read_jsonl(path), str(path)
     else:
-        rows, where = _download(name), HUB_DATASETS[name][0]
-    problems = [parse_problem(name, row, f"{where}: line {n + 1}", n) for n, row in enumerate(rows)]
+        numbered, where = list(enumerate(_download(name), 1)), HUB_DATASETS[name][0]
+    problems = [parse_problem(name, row, f"{where}: line {line}", n) for n, (line, row) in enumerate(numbered)]
     if not problems:
         raise UserError(f"{where}: no problems")
     if len({p.id for p in problems}) != len(problems):  # ids must be unique: results are resumed by id
@@ -139,28 +140,10 @@ def _gold_answer(name: str, row: dict) -> str | None:
 
 def _answer_text(answer: Any) -> str:
     """Numbers as short strings: AMC's 27.0 -> '27', AIME's '025' -> '25'; anything else unchanged."""
-    if isinstance(answer, float) and answer.is_integer():
-        return str(int(answer))
-    text = str(answer).strip()
+    text = answer_text(answer)
     if re.fullmatch(r"-?\d+(\.0+)?", text):  # '025', '27.0', '-1.0'
         return str(int(text.split(".")[0]))
     return text
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open() as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number}: expected a JSON object")
-            rows.append(row)
-    return rows
 
 
 def _download(name: str) -> list[dict]:

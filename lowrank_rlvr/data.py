@@ -20,6 +20,7 @@ from typing import Any
 
 from lowrank_rlvr.config import DataSettings
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.rewards import answer_text
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -93,8 +94,13 @@ def read_rows(path: Path) -> list[dict]:
         import pandas as pd
 
         return pd.read_parquet(path).to_dict(orient="records")
+    return [row for _, row in read_jsonl(path)]
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; UserError naming the line for anything that is not an object."""
     rows = []
-    with path.open() as handle:
+    with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -104,7 +110,7 @@ def read_rows(path: Path) -> list[dict]:
                 raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"{path}: line {line_number}: expected a JSON object")
-            rows.append(row)
+            rows.append((line_number, row))
     return rows
 
 
@@ -123,7 +129,7 @@ def parse_row(row: dict, row_number: int) -> Example:
     return Example(
         index=int(index) if index is not None else row_number,
         prompt=prompt.strip() if isinstance(prompt, str) else "",
-        answer=_answer_text(answer) if answer is not None else "",
+        answer=answer_text(answer) if answer is not None else "",
     )
 
 
@@ -139,10 +145,3 @@ def build_train_rows(examples: list[Example], template: str, repeat: int, tokeni
 def _is_messages(value: Any) -> bool:
     # parquet gives numpy arrays of dicts, JSON gives lists
     return hasattr(value, "__len__") and not isinstance(value, (str, dict)) and all(isinstance(m, dict) for m in value)
-
-
-def _answer_text(answer: Any) -> str:
-    """Gold answers may be numbers (AMC: 27.0); keep them as short strings ('27')."""
-    if isinstance(answer, float) and answer.is_integer():
-        return str(int(answer))
-    return str(answer).strip()

@@ -478,25 +478,18 @@ def read_grading_rows(path: Path) -> list[dict]:
 
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    from lowrank_rlvr.data import read_jsonl  # data imports this module: import at call time
+
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number}: expected a JSON object")
-            for field in ("response", "answer"):
-                if field not in row or row[field] is None:
-                    raise UserError(f"{path}: line {line_number}: missing field '{field}'")
-            if not isinstance(row["response"], str):
-                raise UserError(f"{path}: line {line_number}: 'response' must be a string")
-            if not isinstance(row["answer"], (str, int, float)):
-                raise UserError(f"{path}: line {line_number}: 'answer' must be a string or a number")
-            rows.append(row)
+    for line_number, row in read_jsonl(path):
+        for field in ("response", "answer"):
+            if field not in row or row[field] is None:
+                raise UserError(f"{path}: line {line_number}: missing field '{field}'")
+        if not isinstance(row["response"], str):
+            raise UserError(f"{path}: line {line_number}: 'response' must be a string")
+        if not isinstance(row["answer"], (str, int, float)):
+            raise UserError(f"{path}: line {line_number}: 'answer' must be a string or a number")
+        rows.append(row)
     return rows
 
 
