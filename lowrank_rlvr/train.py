@@ -14,7 +14,8 @@ Where this recipe departs from it:
 
 Run folder (`cfg.output_dir`): `config.yaml` (resolved), `metrics.jsonl` (one line per logged step),
 `history.json` (per-example training accuracy per epoch, the paper's format for `select`), `checkpoint-N/`
-(adapter + optimizer + scheduler + RNG + step; marked complete only once fully written), `adapter/` (final).
+(adapter + optimizer + scheduler + RNG + step; marked complete only once fully written), `adapter/` (final),
+`report/` (plots of the training dynamics and a one-page HTML; `lowrank-rlvr report` redraws it, e.g. after `eval --run`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
         shutil.rmtree(adapter_dir, ignore_errors=True)
         staging.rename(adapter_dir)  # atomic: adapter/ is complete or absent
         print(f"adapter saved to {adapter_dir}")
+        from lowrank_rlvr.report import build_report
+
+        report_path, _ = build_report(output_dir)
+        print(f"report: {report_path}")
     return adapter_dir
 
 

@@ -68,6 +68,7 @@ def test_run_folder_holds_config_adapter_checkpoints_and_history(tiny_run, tiny_
     history = json.loads((run_dir / "history.json").read_text())
     assert list(history) == ["0"] and len(history["0"]) == 2  # 200 steps over 128 prompts: an epoch and a part
     assert "adapter saved to" in tiny_run["result"].stdout
+    assert (run_dir / "report" / "report.html").is_file() and (run_dir / "report" / "accuracy.png").stat().st_size > 0
 
 
 @pytest.mark.slow
