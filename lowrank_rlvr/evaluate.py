@@ -189,7 +189,7 @@ def run_eval_command(
     return markdown_table(report) + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}"
 
 
-def choose_backend(requested: str, adapter_dirs: list[Path]) -> str:
+def choose_sampler(requested: str, adapter_dirs: list[Path]) -> str:
     """'auto' -> 'vllm' when the package is importable and can serve every adapter, else 'hf'.
 
     vLLM (0.32) serves LoRA only on the attention and MLP projections: an adapter on lm_head or the embeddings (our
@@ -240,7 +240,7 @@ def run_eval(
     names = parse_benchmarks(benchmarks)
     adapter_dir = _check_adapter(adapter)
     adapter_dirs = [adapter_dir] if adapter_dir else []
-    backend = choose_backend(backend, adapter_dirs)  # before any download
+    backend = choose_sampler(backend, adapter_dirs)  # before any download
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
     report_path = Path(output) if output is not None else default_output(adapter_dir)
     generator = open_generator(backend, resolve_model_path(model), adapter_dirs, seed, batch_size)
@@ -284,7 +284,7 @@ def run_sweep(
         raise UserError(f"{run}: cannot tell the base model (no config.yaml); give MODEL")
     template = template or run_settings.get("template") or DEFAULT_TEMPLATE
     names = parse_benchmarks(benchmarks)
-    backend = choose_backend(backend, [d for _, d in steps])  # before any download
+    backend = choose_sampler(backend, [d for _, d in steps])  # before any download
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
     generator = open_generator(backend, resolve_model_path(model), [d for _, d in steps], seed, batch_size)
     lines: list[dict] = []
@@ -449,7 +449,7 @@ def _adapter_base(adapter_dir: Path) -> str | None:
 
 def open_generator(backend: str, model_path: str, adapter_dirs: list[Path], seed: int, batch_size: int = 8):
     """The generation backend: `VLLMGenerator` (fast path) or `HFGenerator` (transformers generate: CPU, fallback)."""
-    backend = choose_backend(backend, adapter_dirs)
+    backend = choose_sampler(backend, adapter_dirs)
     if backend == "vllm":
         try:
             import vllm  # noqa: F401

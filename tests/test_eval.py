@@ -245,11 +245,11 @@ def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, st
 
 def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
     """vLLM 0.32 serves LoRA on the projections only: 'auto' falls back to transformers, 'vllm' is a clear error."""
-    from lowrank_rlvr.evaluate import choose_backend, vllm_unsupported_modules
+    from lowrank_rlvr.evaluate import choose_sampler, vllm_unsupported_modules
 
     adapter = make_adapter(tiny_model, tmp_path / "lm-head-adapter", std=0.05, extra_targets=("lm_head",))
     assert vllm_unsupported_modules(adapter) == ["lm_head"]
-    assert choose_backend("auto", [adapter]) == "hf"
+    assert choose_sampler("auto", [adapter]) == "hf"
     result = _eval(cli, TINY, "--adapter", str(adapter), "--backend", "vllm")
     assert result.exit_code == 2
     assert "vLLM cannot serve a LoRA adapter on lm_head" in result.output
