@@ -134,3 +134,15 @@ def test_auto_backend_is_hf_without_cuda():
     from lowrank_rlvr.model import choose_backend
 
     assert choose_backend("auto") == "hf" and choose_backend("hf") == "hf"
+
+
+def test_the_unsloth_path_gets_the_papers_settings_and_colocated_sampling():
+    """Unsloth 2026.10.9's GRPOConfig swaps in DAPO defaults unless told otherwise: every one must be explicit."""
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.train import grpo_arguments
+
+    args = grpo_arguments(load_config("qwen2.5-math-1.5b-pi1", output_dir="unused"), "unsloth")
+    assert args.use_vllm and args.vllm_mode == "colocate" and not args.gradient_checkpointing
+    assert (args.beta, args.entropy_coef, args.temperature, args.num_generations) == (0.001, 0.001, 0.6, 8)
+    assert (args.epsilon, args.epsilon_high, args.mask_truncated_completions) == (0.2, 0.2, False)
+    assert args.optim == "adamw_torch" and args.loss_type == "dapo" and args.vllm_importance_sampling_correction
