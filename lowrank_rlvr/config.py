@@ -170,9 +170,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _batch_divides(self) -> RunConfig:
         g = self.grpo
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        # TRL samples one generation batch per `gradient_accumulation_steps` micro-batches, on every process.
-        generation_batch = g.per_device_train_batch_size * g.gradient_accumulation_steps * world_size
+        generation_batch = self.generation_batch_size
         if generation_batch % g.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size x gradient_accumulation_steps x processes = {generation_batch} "
@@ -184,7 +182,8 @@ class RunConfig(_Section):
 
     @property
     def generation_batch_size(self) -> int:
-        """Completions sampled per generation round, all processes together."""
+        """Completions sampled per generation round, all processes together: TRL samples one generation batch per
+        `gradient_accumulation_steps` micro-batches, on every process (WORLD_SIZE, set by accelerate/torchrun)."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         return self.grpo.per_device_train_batch_size * self.grpo.gradient_accumulation_steps * world_size
 

@@ -45,6 +45,11 @@ def build_workload(items: int, hostile: int) -> tuple[list[str], list[str]]:
             solution = solution[:cut] + "\\boxed{" + f"{n + 7}" + "}."
         responses.append(solution)
         answers.append(row["answer"])
+    return mix_in_hostile(responses, answers, hostile)
+
+
+def mix_in_hostile(responses: list[str], answers: list[str], hostile: int) -> tuple[list[str], list[str]]:
+    """Spread `hostile` items of HOSTILE evenly through the workload (in place)."""
     for n in range(hostile):
         response, answer = HOSTILE[n % len(HOSTILE)]
         position = (n + 1) * len(responses) // (hostile + 1)
@@ -65,12 +70,7 @@ def build_one_shot_workload(items: int, hostile: int) -> tuple[list[str], list[s
     responses = [f"{reasoning}Therefore the velocity is $\\boxed{{{finals[(n * 7) % len(finals)]}}}$."
                  for n in range(items - hostile)]
     answers = ["12.8"] * len(responses)
-    for n in range(hostile):
-        response, answer = HOSTILE[n % len(HOSTILE)]
-        position = (n + 1) * len(responses) // (hostile + 1)
-        responses.insert(position, response)
-        answers.insert(position, answer)
-    return responses, answers
+    return mix_in_hostile(responses, answers, hostile)
 
 
 def bench_serial(responses: list[str], answers: list[str], timeout: float) -> dict:
