@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from lowrank_rlvr.data import read_jsonl
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import answer_text
+from lowrank_rlvr.runs import read_jsonl
 
 BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order
 

@@ -13,7 +13,9 @@ from typing import Optional
 
 import typer
 
+from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 
 app = typer.Typer(
     help="One-shot RLVR (GRPO on one math example) with low-rank adapters on a single GPU.",
@@ -57,12 +59,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run folder."),
 ) -> None:
     """Train a LoRA adapter with GRPO on the one-shot example."""
-    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.train import train_command
 
-    cfg = load_config(config, overrides, output_dir=str(output_dir) if output_dir else None)
-    from lowrank_rlvr.train import run_training
-
-    run_training(cfg, resume=resume)
+    train_command(config, overrides, str(output_dir) if output_dir else None, resume)
 
 
 @app.command(name="eval")
@@ -77,19 +76,21 @@ def evaluate(
     samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
-    max_tokens: int = typer.Option(3072, "--max-tokens", help="Maximum new tokens per response."),
+    max_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-tokens", help="Maximum new tokens per response."),
     template: Optional[str] = typer.Option(None, "--template", help="qwen-math-cot (default; with --run: the run's), chat or plain."),
     backend: str = typer.Option("auto", "--backend", help="vllm, hf (transformers generate) or auto (vllm when installed)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report JSON (responses go to the .jsonl beside it). Default: RUN/eval_report.json for a run's adapter, else ./eval_report.json."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
+    grader_workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
+    grader_timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
 ) -> None:
     """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench."""
     from lowrank_rlvr.evaluate import run_eval_command
 
     typer.echo(run_eval_command(
         model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-        output, seed, batch_size,
+        output, seed, batch_size, grader_workers, grader_timeout,
     ))
 
 
@@ -135,9 +136,9 @@ def select(
     ),
     samples: int = typer.Option(8, "--samples", help="--estimate: rollouts per pool example."),
     limit: Optional[int] = typer.Option(None, "--limit", help="--estimate: only the first N pool examples."),
-    template: str = typer.Option("qwen-math-cot", "--template", help="--estimate: qwen-math-cot, chat or plain."),
-    temperature: float = typer.Option(0.6, "--temperature", help="--estimate: sampling temperature."),
-    max_new_tokens: int = typer.Option(3072, "--max-new-tokens", help="--estimate: tokens per rollout."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="--estimate: qwen-math-cot, chat or plain."),
+    temperature: float = typer.Option(PAPER_TEMPERATURE, "--temperature", help="--estimate: sampling temperature."),
+    max_new_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-new-tokens", help="--estimate: tokens per rollout."),
 ) -> None:
     """Rank pool examples by historical variance score and write the chosen one(s)."""
     from lowrank_rlvr.select import describe, run_select
@@ -154,12 +155,12 @@ def select(
 def grade(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl: one JSON object per line with 'response' and 'answer'."),
     output: Path = typer.Option(..., "--output", "-o", help="Input lines plus 'reward' and 'extracted', in order."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Grading worker processes."),
-    timeout: float = typer.Option(5.0, "--timeout", min=0.01, help="Hard time limit in seconds per response."),
+    workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--timeout", min=0.01, help="Hard time limit in seconds per response."),
     kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
 ) -> None:
     """Grade a JSONL of responses against answers with the training reward."""
-    from lowrank_rlvr.rewards import grade_file
+    from lowrank_rlvr.grade import grade_file
 
     typer.echo(grade_file(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind)["summary"])
 
@@ -175,9 +176,14 @@ def plan(
     env: bool = typer.Option(False, "--env", help="Report versions, the GPU and the backend 'auto' picks, then exit."),
 ) -> None:
     """Estimate peak GPU memory of a config before downloading anything (exit 3 when it does not fit)."""
+    if env:
+        from lowrank_rlvr.doctor import environment_report
+
+        typer.echo(environment_report())
+        return
     from lowrank_rlvr.plan import plan_command
 
-    text, exit_code = plan_command(config, overrides, gpu_memory, env)
+    text, exit_code = plan_command(config, overrides, gpu_memory)
     typer.echo(text)
     raise typer.Exit(exit_code)
 

@@ -9,18 +9,22 @@ checked completely before any of those (as TRL's `GRPOConfig.__post_init__` does
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
 TINY_MODEL = "builtin:tiny-qwen2"
+# The paper's sampling settings, shared by training (GRPOSettings) and evaluation (`eval`, `select --estimate`).
+PAPER_TEMPERATURE = 0.6
+PAPER_MAX_COMPLETION_LENGTH = 3072
+DEFAULT_TEMPLATE = "qwen-math-cot"
 
 
 class _Section(BaseModel):
@@ -85,7 +89,7 @@ class DataSettings(_Section):
         "pool has one (index 265); leave off for one-shot files, where a missing answer is a mistake.",
     )
     template: Literal["qwen-math-cot", "chat", "plain"] = Field(
-        "qwen-math-cot",
+        DEFAULT_TEMPLATE,
         description="'qwen-math-cot': Qwen2.5-Math system prompt 'Please reason step by step, and put your final "
         "answer within \\boxed{}.' in ChatML; 'chat': the tokenizer's own chat template; 'plain': raw text for base models.",
     )
@@ -94,12 +98,13 @@ class DataSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> DataSettings:
+    def _one_source(self, info: ValidationInfo) -> DataSettings:
         given = [name for name in ("examples", "path", "dataset") if getattr(self, name)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of examples, path, dataset (got {', '.join(given) or 'none'})")
+        check_files = (info.context or {}).get("check_files", True)  # False: a finished run's config read back
         if self.path is not None:
-            if not Path(self.path).expanduser().is_file():
+            if check_files and not Path(self.path).expanduser().is_file():
                 raise ValueError(f"data file not found: {self.path}")
             if not self.path.endswith((".jsonl", ".json", ".parquet")):
                 raise ValueError(f"data file must be .jsonl or .parquet: {self.path}")
@@ -112,8 +117,10 @@ class RewardSettings(_Section):
         description="'accuracy': 1 if the last \\boxed{} equals the gold answer (math-verify), else 0. "
         "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline).",
     )
-    timeout_seconds: float = Field(5.0, gt=0, description="Hard time limit for grading one completion.")
-    workers: int = Field(2, ge=1, description="Grading worker processes.")
+    timeout_seconds: float = Field(
+        DEFAULT_TIMEOUT_SECONDS, gt=0, description="Hard time limit for grading one completion."
+    )
+    workers: int = Field(DEFAULT_GRADER_WORKERS, ge=1, description="Grading worker processes.")
 
 
 class GRPOSettings(_Section):
@@ -124,8 +131,10 @@ class GRPOSettings(_Section):
         8, ge=1, description="Completions per device per micro-batch of the policy update."
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_completion_length: int = Field(3072, ge=1, description="Maximum generated tokens per rollout.")
-    temperature: float = Field(0.6, gt=0, description="Sampling temperature of rollouts.")
+    max_completion_length: int = Field(
+        PAPER_MAX_COMPLETION_LENGTH, ge=1, description="Maximum generated tokens per rollout."
+    )
+    temperature: float = Field(PAPER_TEMPERATURE, gt=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
     beta: float = Field(0.001, ge=0, description="KL coefficient against the base (k3 estimator). 0 skips the reference.")
     entropy_coef: float = Field(0.001, ge=0, description="Entropy bonus coefficient (the paper: 0.001).")
@@ -168,24 +177,36 @@ class RunConfig(_Section):
     output_dir: str = Field("runs/default", description="Run folder: adapter/, checkpoint-N/, metrics.jsonl, config.yaml.")
 
     @model_validator(mode="after")
-    def _batch_divides(self) -> RunConfig:
+    def _saves_a_checkpoint(self) -> RunConfig:
         g = self.grpo
-        generation_batch = self.generation_batch_size
-        if generation_batch % g.num_generations:
-            raise ValueError(
-                f"per_device_train_batch_size x gradient_accumulation_steps x processes = {generation_batch} "
-                f"must be divisible by num_generations = {g.num_generations}"
-            )
         if g.save_steps > g.max_steps:
             raise ValueError(f"save_steps ({g.save_steps}) > max_steps ({g.max_steps}): no checkpoint would be written")
         return self
 
-    @property
-    def generation_batch_size(self) -> int:
+    def generation_batch_size(self, world_size: int = 1) -> int:
         """Completions sampled per generation round, all processes together: TRL samples one generation batch per
-        `gradient_accumulation_steps` micro-batches, on every process (WORLD_SIZE, set by accelerate/torchrun)."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        `gradient_accumulation_steps` micro-batches, on every one of the `world_size` processes."""
         return self.grpo.per_device_train_batch_size * self.grpo.gradient_accumulation_steps * world_size
+
+    def launch_summary(self, world_size: int) -> dict:
+        """The effective batch of this config on `world_size` processes (written under `resolved` in config.yaml)."""
+        batch = self.generation_batch_size(world_size)
+        return {
+            "processes": world_size,
+            "generation_batch_size": batch,
+            "prompts_per_generation_batch": batch // self.grpo.num_generations,
+        }
+
+
+def check_batch(cfg: RunConfig, world_size: int) -> None:
+    """The generation batch must split into whole groups of `num_generations` on this many processes."""
+    g = cfg.grpo
+    batch = cfg.generation_batch_size(world_size)
+    if batch % g.num_generations:
+        raise ValueError(
+            f"per_device_train_batch_size x gradient_accumulation_steps x processes = {batch} "
+            f"must be divisible by num_generations = {g.num_generations}"
+        )
 
 
 def resolve_config_path(config: str | Path | None) -> Path:
@@ -198,50 +219,41 @@ def resolve_config_path(config: str | Path | None) -> Path:
     return path
 
 
-def load_config(config: str | Path | None = None, overrides: list[str] = (), output_dir: str | None = None) -> RunConfig:
-    """Read, override (`key.path=value`, value parsed as YAML) and validate; raise UserError on any problem."""
+def load_config(
+    config: str | Path | None = None, overrides: list[str] = (), output_dir: str | None = None, world_size: int = 1
+) -> RunConfig:
+    """Read, override (`key.path=value`, value parsed as YAML) and validate for `world_size` processes; raise
+    UserError on any problem."""
     path = resolve_config_path(config)
     if not path.is_file():
         raise UserError(f"config not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise UserError(f"{path}: top level must be a mapping of settings")
     for override in overrides:
         _apply_override(raw, override)
     if output_dir is not None:
         raw["output_dir"] = output_dir
+    cfg = config_from_raw(raw, str(path))
     try:
-        return RunConfig.model_validate(raw)
+        check_batch(cfg, world_size)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return cfg
+
+
+def config_from_raw(raw: dict, where: str, check_files: bool = True) -> RunConfig:
+    """Validate a mapping of settings; UserError naming `where` and the first problem."""
+    try:
+        return RunConfig.model_validate(raw, context={"check_files": check_files})
     except ValidationError as exc:
-        raise UserError(f"{path}: {_describe(exc)}") from None
-
-
-def write_resolved(cfg: RunConfig, output_dir: Path) -> Path:
-    """Write the fully resolved config (defaults filled in) to `<output_dir>/config.yaml`."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    target = output_dir / "config.yaml"
-    resolved = cfg.model_dump(mode="json")
-    resolved["resolved"] = {
-        "processes": int(os.environ.get("WORLD_SIZE", "1")),
-        "generation_batch_size": cfg.generation_batch_size,
-        "prompts_per_generation_batch": cfg.generation_batch_size // cfg.grpo.num_generations,
-    }
-    staging = target.with_name("config.yaml.partial")
-    staging.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    staging.replace(target)  # atomic: under accelerate/torchrun the other processes read it at the same time (--resume)
-    return target
-
-
-def config_from_resolved(path: Path) -> RunConfig:
-    """Read back a run folder's config.yaml (drops the informational `resolved` block)."""
-    raw = yaml.safe_load(path.read_text())
-    raw.pop("resolved", None)
-    return RunConfig.model_validate(raw)
+        raise UserError(f"{where}: {_describe(exc)}") from None
 
 
 def _apply_override(raw: dict, override: str) -> None:

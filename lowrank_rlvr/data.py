@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from lowrank_rlvr.config import DataSettings
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import answer_text
+from lowrank_rlvr.runs import read_jsonl
 
 QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -95,23 +95,6 @@ def read_rows(path: Path) -> list[dict]:
 
         return pd.read_parquet(path).to_dict(orient="records")
     return [row for _, row in read_jsonl(path)]
-
-
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; UserError naming the line for anything that is not an object."""
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number}: expected a JSON object")
-            rows.append((line_number, row))
-    return rows
 
 
 def parse_row(row: dict, row_number: int) -> Example:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.runs import RunFolder, read_json
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 CARD_TAGS = ["lowrank-rlvr", "rlvr", "grpo", "one-shot-rlvr", "lora", "math", "reasoning"]
@@ -257,30 +258,22 @@ def count_lora_modules(adapter_dir: Path) -> int:
 
 def find_run(adapter_dir: Path) -> dict[str, Any]:
     """What the run folder around an adapter (RUN/adapter, RUN/checkpoint-N) tells: config, step, eval results."""
-    from lowrank_rlvr.config import config_from_resolved
-
-    run_dir = adapter_dir.resolve().parent
     found: dict[str, Any] = {"config": None, "step": None, "eval_report": None, "eval_by_step": None}
-    if not (run_dir / "config.yaml").is_file():
+    run = RunFolder.around(adapter_dir)
+    if run is None or not run.config_path.is_file():
         return found
     try:
-        found["config"] = config_from_resolved(run_dir / "config.yaml")
-    except Exception:  # noqa: BLE001 - an unreadable config only costs the card its recipe section
+        found["config"] = run.read_config()
+    except UserError:  # an unreadable config only costs the card its recipe section
         found["config"] = None
-    match = re.fullmatch(r"checkpoint-(\d+)", adapter_dir.resolve().name)
-    if match:
-        found["step"] = int(match.group(1))
-    elif (run_dir / "metrics.jsonl").is_file():
-        lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        if lines:
-            found["step"] = json.loads(lines[-1]).get("step")
-    # `lowrank-rlvr eval --adapter RUN/checkpoint-N` writes RUN/eval_report-checkpoint-N.json, RUN/adapter RUN/eval_report.json
-    report_path = run_dir / ("eval_report-" + adapter_dir.resolve().name + ".json" if match else "eval_report.json")
+    found["step"] = RunFolder.step_of(adapter_dir)
+    if found["step"] is None:
+        metrics = run.read_metrics()
+        found["step"] = metrics[-1]["step"] if metrics else None
+    report_path = run.eval_report_for(adapter_dir)
     if report_path.is_file():
-        found["eval_report"] = json.loads(report_path.read_text())
-    if (run_dir / "eval_by_step.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "eval_by_step.jsonl").read_text().splitlines() if line.strip()]
-        found["eval_by_step"] = {row["step"]: row for row in rows}
+        found["eval_report"] = read_json(report_path)
+    found["eval_by_step"] = {row["step"]: row for row in run.read_eval_by_step()} or None
     return found
 
 

@@ -7,7 +7,7 @@ the self-reflection words "rethink", "recheck", "recalculate", "wait", "verify" 
 
 Reads the run folder's files (none is modified):
 - `metrics.jsonl` (required): one object per logged step: `step, train_accuracy, entropy, completion_length,
-  reflection_per_1k_tokens, ...`. A half-written last line (a run still going) is ignored.
+  reflection_per_1k_tokens, warnings, ...`. A half-written last line (a run still going) is ignored.
 - `eval_by_step.jsonl` (optional, from `lowrank-rlvr eval --run RUN`): `{"step", "benchmarks": {name: acc}, "average"}`;
   step 0 is the base model. Accuracies may be fractions or percentages (any value above 1 means percentages).
 - `history.json` (optional): per-example training accuracy per epoch; plotted when an example has >= 2 epochs.
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowrank_rlvr.errors import UserError
-
-REFLECTION_WORDS = ("rethink", "recheck", "recalculate", "wait", "verify")
+from lowrank_rlvr.rewards import REFLECTION_WORDS
+from lowrank_rlvr.runs import RunFolder
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
     "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
     "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
@@ -60,60 +59,21 @@ class RunLogs:
 
 
 def read_run(run_dir: Path) -> RunLogs:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run folder not found: {run_dir}")
-    metrics_path = run_dir / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise UserError(f"{run_dir}: no metrics.jsonl (is this a run folder written by `lowrank-rlvr train`?)")
-    metrics = _by_step(_read_jsonl(metrics_path))
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise UserError(f"run folder not found: {run.path}")
+    if not run.metrics_path.is_file():
+        raise UserError(f"{run.path}: no metrics.jsonl (is this a run folder written by `lowrank-rlvr train`?)")
+    metrics = run.read_metrics()
     if not metrics:
-        raise UserError(f"{metrics_path}: no steps logged yet")
-    eval_path = run_dir / "eval_by_step.jsonl"
-    eval_by_step = _normalise_eval(_by_step(_read_jsonl(eval_path)), eval_path) if eval_path.is_file() else []
-    history = {}
-    history_path = run_dir / "history.json"
-    if history_path.is_file():
-        try:
-            history = json.loads(history_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{history_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(history, dict):
-            raise UserError(f"{history_path}: expected a JSON object mapping example index to accuracies")
-    config = {}
-    config_path = run_dir / "config.yaml"
-    if config_path.is_file():
-        import yaml
-
-        try:  # informational only: raw YAML, so a config whose data file has moved still shows
-            config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError:
-            config = {}
-    return RunLogs(run_dir, metrics, eval_by_step, history, config if isinstance(config, dict) else {})
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    text = path.read_text()
-    lines = text.split("\n")
-    rows = []
-    for line_number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if line_number == len(lines) and not text.endswith("\n"):
-                break  # being written right now by a running job
-            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise UserError(f"{path}: line {line_number}: expected a JSON object with an integer 'step'")
-        rows.append(row)
-    return rows
-
-
-def _by_step(rows: list[dict]) -> list[dict]:
-    """One row per step, the last written wins (a resumed run logs its steps again), sorted by step."""
-    return sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
+        raise UserError(f"{run.metrics_path}: no steps logged yet")
+    eval_by_step = _normalise_eval(run.read_eval_by_step(), run.eval_by_step_path)
+    try:  # informational only: a config that no longer validates still leaves the plots
+        cfg = run.read_config()
+    except UserError:
+        cfg = None
+    config = cfg.model_dump(mode="json") if cfg is not None else {}
+    return RunLogs(run.path, metrics, eval_by_step, run.read_history(), config)
 
 
 def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
@@ -321,7 +281,7 @@ def build_report(
     if window < 1:
         raise UserError(f"--window must be >= 1 (got {window})")
     logs = read_run(Path(run_dir))
-    output_dir = Path(output_dir) if output_dir else logs.run_dir / "report"
+    output_dir = Path(output_dir) if output_dir else RunFolder(logs.run_dir).report_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(logs, threshold, window)
     figures = [("accuracy", plot_accuracy(logs, summary, output_dir / "accuracy.png"))]

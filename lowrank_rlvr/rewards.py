@@ -29,10 +29,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
+import re
 import signal
 import threading
 import time
@@ -40,10 +40,13 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterator
 
 KINDS = ("accuracy", "format")
+DEFAULT_TIMEOUT_SECONDS = 5.0  # per completion; the default of training, `eval` and `grade`
+DEFAULT_GRADER_WORKERS = 2
+REFLECTION_WORDS = ("rethink", "recheck", "recalculate", "wait", "verify")  # the self-reflection words the paper counts
+_REFLECTION = re.compile(r"\b(" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
 MAX_ANSWER_CHARS = 1_000  # the longest gold answer in our six benchmarks is well under this
 MAX_NESTING = 50  # brackets deeper than this inside one answer are hostile, not mathematics
 BACKSTOP_GRACE_SECONDS = 1.0  # a worker silent this long past its item's time limit is killed and replaced
@@ -137,7 +140,7 @@ def answer_text(answer: Any) -> str:
     return str(answer).strip()
 
 
-def math_reward(response: str, answer: str, timeout_seconds: float = 5.0) -> float:
+def math_reward(response: str, answer: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> float:
     """1.0 if the last boxed answer of `response` equals `answer` (math-verify), else 0.0. In-process.
 
     The time limit is an interval timer, which Python delivers only to the main thread: called from another thread
@@ -147,7 +150,7 @@ def math_reward(response: str, answer: str, timeout_seconds: float = 5.0) -> flo
     return _grade_in_process(response, answer, "accuracy", timeout_seconds).reward
 
 
-def format_reward(response: str, timeout_seconds: float = 5.0) -> float:
+def format_reward(response: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> float:
     """1.0 if the response ends its reasoning in a `\\boxed{}` that math-verify can parse, else 0.0 (in-process)."""
     return _grade_in_process(response, "", "format", timeout_seconds).reward
 
@@ -332,7 +335,7 @@ class Grader:
     # against 2-20 ms to grade a typical item.
     IN_FLIGHT = 1
 
-    def __init__(self, workers: int = 2, timeout_seconds: float = 5.0):
+    def __init__(self, workers: int = DEFAULT_GRADER_WORKERS, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
         if workers < 1:
             raise ValueError(f"workers must be >= 1 (got {workers})")
         if not timeout_seconds > 0:
@@ -467,72 +470,11 @@ class Grader:
                 self._workers[slot] = _Worker(self._context, self.timeout_seconds)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# `lowrank-rlvr grade`: a JSONL of responses in, the same lines plus reward and extracted answer out
-# --------------------------------------------------------------------------------------------------------------------
+def reflection_per_1k_tokens(completions: list[str], completion_token_counts: list[int]) -> float:
+    """Self-reflection words the paper tracks (REFLECTION_WORDS) per 1,000 completion tokens.
 
-
-def read_grading_rows(path: Path) -> list[dict]:
-    """Rows of INPUT.jsonl; UserError naming the file and line for non-JSON lines or a missing/ill-typed field."""
-    from lowrank_rlvr.errors import UserError
-
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    from lowrank_rlvr.data import read_jsonl  # data imports this module: import at call time
-
-    rows = []
-    for line_number, row in read_jsonl(path):
-        for field in ("response", "answer"):
-            if field not in row or row[field] is None:
-                raise UserError(f"{path}: line {line_number}: missing field '{field}'")
-        if not isinstance(row["response"], str):
-            raise UserError(f"{path}: line {line_number}: 'response' must be a string")
-        if not isinstance(row["answer"], (str, int, float)):
-            raise UserError(f"{path}: line {line_number}: 'answer' must be a string or a number")
-        rows.append(row)
-    return rows
-
-
-def grade_file(
-    input_path: Path, output_path: Path, workers: int = 2, timeout_seconds: float = 5.0, kind: str = "accuracy"
-) -> dict:
-    """Grade every line of `input_path` and write them with `reward` and `extracted` to `output_path`.
-
-    Returns metrics: count, correct, accuracy, timed_out, seconds, items_per_second and a one-line `summary`.
+    >>> reflection_per_1k_tokens(["Wait, let me verify.", "42"], [6, 2])
+    250.0
     """
-    from rich.progress import Progress
-
-    from lowrank_rlvr.errors import UserError
-
-    if kind not in KINDS:
-        raise UserError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
-    input_path, output_path = Path(input_path), Path(output_path)
-    rows = read_grading_rows(input_path)
-    started = time.perf_counter()
-    results: list[GradeResult] = []
-    chunk = 256  # progress granularity; the pool is kept across chunks
-    with Grader(workers=workers, timeout_seconds=timeout_seconds) as grader, Progress(transient=True) as progress:
-        task = progress.add_task("grading", total=len(rows))
-        for begin in range(0, len(rows), chunk):
-            batch = rows[begin : begin + chunk]
-            results += grader.grade([row["response"] for row in batch], [row["answer"] for row in batch], kind)
-            progress.advance(task, len(batch))
-    seconds = time.perf_counter() - started
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with output_path.open("w", encoding="utf-8") as handle:
-        for row, result in zip(rows, results):
-            handle.write(json.dumps({**row, "reward": result.reward, "extracted": result.extracted}) + "\n")
-    correct = sum(result.reward for result in results)
-    metrics = {
-        "count": len(rows),
-        "correct": int(correct),
-        "accuracy": correct / len(rows) if rows else 0.0,
-        "timed_out": sum(result.timed_out for result in results),
-        "seconds": seconds,
-        "items_per_second": len(rows) / seconds if seconds > 0 else 0.0,
-    }
-    metrics["summary"] = (
-        f"graded {metrics['count']} responses ({kind}): accuracy {metrics['accuracy']:.4f} "
-        f"({metrics['correct']}/{metrics['count']}), {metrics['timed_out']} timed out, {seconds:.1f} s -> {output_path}"
-    )
-    return metrics
+    words = sum(len(_REFLECTION.findall(text)) for text in completions)
+    return 1000.0 * words / max(sum(completion_token_counts), 1)

@@ -29,8 +29,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.data import Example, parse_row, read_rows
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS
+from lowrank_rlvr.runs import RunFolder, read_json
 
 METHODS = ("std", "random")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
@@ -54,22 +57,15 @@ def load_history(source: Path) -> dict[int, list[float]]:
     """A history JSON file, or a run folder holding `history.json` (written by `train` on a pool)."""
     source = Path(source)
     if source.is_dir():
-        path = source / "history.json"
-        if not path.is_file():
+        run = RunFolder(source)
+        if not run.history_path.is_file():
             raise UserError(
                 f"{source}: run folder has no history.json (train on a pool for at least one epoch to get one)"
             )
-    elif source.is_file():
-        path = source
-    else:
+        return parse_history(run.read_history(), str(run.history_path))
+    if not source.is_file():
         raise UserError(f"history not found: {source}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file") from None
-    return parse_history(raw, str(path))
+    return parse_history(read_json(source), str(source))
 
 
 def parse_history(raw: Any, where: str) -> dict[int, list[float]]:
@@ -220,37 +216,28 @@ def estimate_history(
     model_name_or_path: str,
     pool: list[Example],
     samples: int = 8,
-    template: str = "qwen-math-cot",
-    temperature: float = 0.6,
+    template: str = DEFAULT_TEMPLATE,
+    temperature: float = PAPER_TEMPERATURE,
     top_p: float = 1.0,
-    max_new_tokens: int = 3072,
+    max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
     batch_prompts: int = 4,
     seed: int = 0,
-    grader_workers: int = 2,
+    grader_workers: int = DEFAULT_GRADER_WORKERS,
 ) -> tuple[dict[int, list[float]], dict]:
-    """Sample `samples` rollouts per pool example from the base model (transformers generate) and grade them:
-    `{index: [1.0 or 0.0 per rollout]}`, a stand-in history (see the module docstring: not the paper's score)."""
+    """Sample `samples` rollouts per pool example from the base model (transformers generate, the same generator
+    as `eval`) and grade them: `{index: [1.0 or 0.0 per rollout]}`, a stand-in history (see the module docstring:
+    not the paper's score)."""
     if samples < 2:
         raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.generation import HFGenerator, Sampling
     from lowrank_rlvr.model import resolve_model_path
     from lowrank_rlvr.rewards import Grader
 
-    path = resolve_model_path(model_name_or_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    except OSError as exc:
-        raise UserError(f"--estimate: model {model_name_or_path!r} could not be loaded: {exc}".splitlines()[0]) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(seed)
+    generator = HFGenerator(resolve_model_path(model_name_or_path), batch_size=batch_prompts)
+    sampling = Sampling(num_samples=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
 
     history: dict[int, list[float]] = {}
     completion_tokens = 0
@@ -259,21 +246,10 @@ def estimate_history(
         task = progress.add_task("estimate", total=len(pool))
         for start in range(0, len(pool), batch_prompts):
             batch = pool[start : start + batch_prompts]
-            prompts = [render_prompt(example.prompt, template, tokenizer) for example in batch]
-            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.no_grad():
-                output_ids = model.generate(
-                    **encoded,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_p=top_p,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=samples,
-                    pad_token_id=tokenizer.pad_token_id,
-                )  # [len(batch) x samples, prompt width + new tokens]; rollouts of one prompt are adjacent
-            new_ids = output_ids[:, encoded["input_ids"].shape[1] :]  # [len(batch) x samples, new tokens]
-            completion_tokens += int((new_ids != tokenizer.pad_token_id).sum())
-            responses = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            prompts = [render_prompt(example.prompt, template, generator.tokenizer) for example in batch]
+            completions = generator.generate(prompts, sampling, adapter_dir=None, seed=seed + start)
+            responses = [c.text for row in completions for c in row]  # rollouts of one prompt are adjacent
+            completion_tokens += sum(len(c.token_ids) for row in completions for c in row)
             answers = [example.answer for example in batch for _ in range(samples)]
             rewards = [result.reward for result in grader.grade(responses, answers, kind="accuracy")]
             for row, example in enumerate(batch):
@@ -307,9 +283,9 @@ def run_select(
     estimate: str | None = None,
     samples: int = 8,
     limit: int | None = None,
-    template: str = "qwen-math-cot",
-    temperature: float = 0.6,
-    max_new_tokens: int = 3072,
+    template: str = DEFAULT_TEMPLATE,
+    temperature: float = PAPER_TEMPERATURE,
+    max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
 ) -> tuple[list[Selected], dict]:
     """`lowrank-rlvr select`: read (or estimate) the history, rank, write OUT. Returns (selected, metrics).
 

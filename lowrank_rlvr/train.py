@@ -1,4 +1,4 @@
-"""The one-shot RLVR recipe, straight-line: config -> example(s) -> policy -> TRL GRPOTrainer -> adapter.
+"""The one-shot RLVR recipe, straight-line: setup -> train (TRL GRPOTrainer) -> save the adapter -> report.
 
 The paper (Wang et al. 2025, arXiv 2504.20571, trained with verl): GRPO on one example repeated to fill the batch,
 128 prompts x 8 rollouts per step, KL 0.001 (k3, in the loss), entropy bonus 0.001, temperature 0.6, up to 3,072
@@ -12,17 +12,12 @@ Where this recipe departs from it:
 - TRL's GRPO, not verl's: `loss_type: dapo` is TRL's token-level mean over the whole batch (verl's token-mean),
   and one policy update per generation batch (verl's PPO mini-batching differs in detail).
 
-Run folder (`cfg.output_dir`): `config.yaml` (resolved), `metrics.jsonl` (one line per logged step),
-`history.json` (per-example training accuracy per epoch, the paper's format for `select`), `checkpoint-N/`
-(adapter + optimizer + scheduler + RNG + step; marked complete only once fully written), `adapter/` (final),
-`report/` (plots of the training dynamics and a one-page HTML; `lowrank-rlvr report` redraws it, e.g. after `eval --run`).
+What is written where is `lowrank_rlvr.runs` (the run folder). Only the main process writes it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import time
 import warnings
@@ -30,92 +25,91 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lowrank_rlvr.config import RunConfig, config_from_resolved, write_resolved
-from lowrank_rlvr.data import build_train_rows, load_examples
+from lowrank_rlvr.config import RunConfig, load_config
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.model import choose_backend, compute_dtype, cuda_available, load_policy
+from lowrank_rlvr.model import load_policy
+from lowrank_rlvr.rewards import reflection_per_1k_tokens
+from lowrank_rlvr.runs import Checkpoint, RunFolder
+from lowrank_rlvr.runtime import Launch, Runtime, launch_from_environment, training_runtime
 
-COMPLETE_MARKER = "checkpoint_complete"
-REFLECTION_WORDS = re.compile(r"\b(rethink|recheck|recalculate|wait|verify)\b", re.IGNORECASE)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft needs to load an adapter
 
 
-def run_training(cfg: RunConfig, resume: bool = False) -> Path:
+def train_command(config: str | None, overrides: list[str], output_dir: str | None, resume: bool) -> Path:
+    """`lowrank-rlvr train`: the config checked for this launch (before any model loads), then the run."""
+    launch = launch_from_environment()
+    cfg = load_config(config, overrides, output_dir=output_dir, world_size=launch.world_size)
+    return run_training(cfg, launch, resume)
+
+
+def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     """Train the adapter; returns the final adapter folder."""
-    output_dir = Path(cfg.output_dir)
-    examples = load_examples(cfg.data)  # bad data fails here, before any model loads
-    backend = choose_backend(cfg.model.backend)
-    checkpoint = _checkpoint_to_resume(cfg, output_dir) if resume else _check_fresh(output_dir)
-    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if rank == 0:  # under accelerate/torchrun only the main process writes to the run folder
-        write_resolved(cfg, output_dir)
-    print(
-        f"process {rank}/{world_size}: backend {backend}, {cfg.generation_batch_size // cfg.grpo.num_generations} "
-        f"prompts x {cfg.grpo.num_generations} rollouts per generation batch "
-        f"({cfg.grpo.per_device_train_batch_size} per device x {cfg.grpo.gradient_accumulation_steps} accumulation "
-        f"x {world_size} processes)",
-        flush=True,
-    )
-    if not cuda_available() and "OMP_NUM_THREADS" not in os.environ:
-        import torch
+    # -- setup: everything that can fail on bad input fails here, before any model loads --------------------------
+    run = RunFolder(cfg.output_dir)
+    runtime = training_runtime(cfg, launch)
+    checkpoint = _starting_point(run, cfg, resume)
+    if resume and run.is_finished(cfg.grpo.max_steps):
+        print(f"{run.path}: the run already finished ({cfg.grpo.max_steps} steps); nothing to train")
+        return _finish(run, launch)
+    if checkpoint is not None and checkpoint.step >= cfg.grpo.max_steps:  # killed after its last checkpoint
+        print(f"{checkpoint.path.name} is the last step ({cfg.grpo.max_steps}): saving its adapter, no more training")
+        if launch.is_main:
+            _adapter_from_checkpoint(run, checkpoint)
+        return _finish(run, launch)
+    if launch.is_main:
+        run.write_config(cfg, cfg.launch_summary(launch.world_size))
+    _describe(cfg, runtime)
+    _configure_cpu(runtime)
 
-        torch.set_num_threads(1)  # CPU: more threads than cores per process makes small-model steps 10-50x slower
-    if not cuda_available() and world_size > 1:
-        # accelerate 1.15 names each CPU rank's device "cpu:0", and transformers 5.17 resumes a multi-process run with
-        # torch.load(map_location=args.device), which cannot map to an indexed CPU: a plain "cpu" device resumes.
-        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
-
-    model, tokenizer, peft_config = load_policy(cfg, backend)  # unsloth (if chosen) is imported here, before trl: it patches trl
+    model, tokenizer, peft_config = load_policy(cfg, runtime)  # unsloth (if chosen) is imported here, before trl
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import GRPOTrainer
 
+    from lowrank_rlvr.data import build_train_rows
     from lowrank_rlvr.rewards import Grader
 
     set_seed(cfg.grpo.seed)  # TRL initialises the LoRA weights before the Trainer seeds anything
     # peft 0.21 says so at every save when lm_head is adapted (it then stores the frozen lm_head beside the adapter)
     warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`")
-    train_dataset = Dataset.from_list(build_train_rows(examples, cfg.data.template, cfg.data.repeat, tokenizer))
-    recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint), is_main=rank == 0)
+    train_dataset = Dataset.from_list(build_train_rows(runtime.examples, cfg.data.template, cfg.data.repeat, tokenizer))
+    recorder = RunRecorder(run, launch, resumed_step=checkpoint.step if checkpoint else None)
+
+    # -- train ------------------------------------------------------------------------------------------------------
     with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:
         trainer = GRPOTrainer(
             model=model,
             peft_config=peft_config,
             processing_class=tokenizer,
             reward_funcs=reward_functions(grader, cfg.reward.kind, recorder),
-            args=grpo_arguments(cfg, backend),
+            args=grpo_arguments(cfg, runtime.backend, runtime.on_cuda, runtime.dtype),
             train_dataset=train_dataset,
             callbacks=[recorder.callback(cfg.grpo.max_steps)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; RunRecorder shows a progress bar instead
         if checkpoint is not None:
-            print(f"resuming from {checkpoint.name} (step {_step_of(checkpoint)})")
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            print(f"resuming from {checkpoint.path.name} (step {checkpoint.step})")
+        trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
 
-    adapter_dir, staging = output_dir / "adapter", output_dir / "adapter.partial"
-    if trainer.is_world_process_zero():
+    # -- save -------------------------------------------------------------------------------------------------------
+    staging = run.staging_adapter_dir()
+    if launch.is_main:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))  # on every process: under ZeRO-3 it gathers the sharded weights; rank 0 writes
     trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        staging.rename(adapter_dir)  # atomic: adapter/ is complete or absent
-        print(f"adapter saved to {adapter_dir}")
-        from lowrank_rlvr.report import build_report
-
-        report_path, _ = build_report(output_dir)
-        print(f"report: {report_path}")
-    return adapter_dir
+    if launch.is_main:
+        print(f"adapter saved to {run.publish_adapter()}")
+    # -- report -----------------------------------------------------------------------------------------------------
+    return _finish(run, launch)
 
 
-def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
+def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> Any:
     """TRL's GRPOConfig from ours: same names, plus the device and logging choices this tool makes."""
     import torch
     from trl import GRPOConfig
 
     g = cfg.grpo
-    dtype = compute_dtype(cfg.model.dtype)
-    on_cpu = not cuda_available()
     return GRPOConfig(
         output_dir=cfg.output_dir,
         num_generations=g.num_generations,
@@ -135,6 +129,7 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
         vllm_importance_sampling_correction=True,
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
+        reward_weights=reward_weights(cfg.reward.kind),
         learning_rate=g.learning_rate,
         lr_scheduler_type=g.lr_scheduler_type,
         warmup_steps=g.warmup_steps,
@@ -150,9 +145,9 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
         vllm_server_host=g.vllm_server_host,
         vllm_server_port=g.vllm_server_port,
         vllm_gpu_memory_utilization=cfg.model.gpu_memory_utilization,
-        use_cpu=on_cpu,
-        bf16=dtype == torch.bfloat16 and not on_cpu,
-        fp16=dtype == torch.float16 and not on_cpu,
+        use_cpu=not on_cuda,
+        bf16=dtype == torch.bfloat16 and on_cuda,
+        fp16=dtype == torch.float16 and on_cuda,
         gradient_checkpointing=cfg.model.gradient_checkpointing and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
@@ -164,15 +159,15 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
 
 
 def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
-    """TRL reward callables. `accuracy` is always computed (it is `train_accuracy`); with kind 'format' it is logged
-    with weight 0 beside the format reward, which is what trains."""
+    """TRL reward callables, in the order of `reward_weights(kind)`. `accuracy` is always computed (it is
+    `train_accuracy`); with kind 'format' it rides along with weight 0 and only the format reward trains."""
 
     def accuracy(prompts, completions, answer, example_index, completion_ids, log_metric=None, **_):
         results = grader.grade(list(completions), list(answer), kind="accuracy")
         rewards = [r.reward for r in results]
         recorder.record_rollouts(example_index, rewards)
         if log_metric is not None:
-            log_metric("reflection_per_1k_tokens", reflection_per_1k_tokens(completions, completion_ids))
+            log_metric("reflection_per_1k_tokens", reflection_per_1k_tokens(completions, [len(c) for c in completion_ids]))
             log_metric("grader_timeouts", float(sum(r.timed_out for r in results)))
         return rewards
 
@@ -182,11 +177,9 @@ def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
     return [accuracy] if kind == "accuracy" else [format, accuracy]
 
 
-def reflection_per_1k_tokens(completions: list[str], completion_ids: list[list[int]]) -> float:
-    """Self-reflection words the paper tracks ('rethink', 'recheck', 'recalculate', 'wait', 'verify') per 1k tokens."""
-    words = sum(len(REFLECTION_WORDS.findall(text)) for text in completions)
-    tokens = sum(len(ids) for ids in completion_ids)
-    return 1000.0 * words / max(tokens, 1)
+def reward_weights(kind: str) -> list[float]:
+    """What TRL sums into the trained reward, one weight per `reward_functions(kind)` entry."""
+    return [1.0] if kind == "accuracy" else [1.0, 0.0]
 
 
 class RunRecorder:
@@ -195,19 +188,15 @@ class RunRecorder:
     Only the main process writes. Per-example accuracies are gathered from all processes at each epoch's end.
     """
 
-    def __init__(self, output_dir: Path, resumed_step: int | None, is_main: bool):
-        self.output_dir = output_dir
-        self.metrics_path = output_dir / "metrics.jsonl"
-        self.history_path = output_dir / "history.json"
+    def __init__(self, run: RunFolder, launch: Launch, resumed_step: int | None):
+        self.run = run
+        self.launch = launch
         self.started = time.monotonic()
         self.epoch_correct: dict[int, list[float]] = defaultdict(list)
         self.history: dict[str, list[float]] = {}
-        if not is_main:
-            return
-        if resumed_step is not None:
-            self._truncate_to(resumed_step)
-        else:
-            self.metrics_path.unlink(missing_ok=True)
+        if launch.is_main:
+            run.keep_metrics_through(resumed_step)  # steps after the checkpoint are trained (and logged) again
+            self.history = run.read_history() if resumed_step is not None else {}
 
     def record_rollouts(self, example_indices: list[int], rewards: list[float]) -> None:
         for index, reward in zip(example_indices, rewards):
@@ -228,13 +217,12 @@ class RunRecorder:
                     recorder._write_metrics(state.global_step, logs)
 
             def on_save(self, args, state, control, **kwargs):
-                if _distributed():  # every process writes its own rng_state_<rank>.pth: wait for all of them
+                if recorder.launch.distributed:  # every process writes its own rng_state_<rank>.pth: wait for all
                     import torch.distributed
 
                     torch.distributed.barrier()
                 if state.is_world_process_zero:  # the Trainer has written every file of the checkpoint by now
-                    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                    (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+                    recorder.run.mark_complete(state.global_step)
 
             def on_epoch_end(self, args, state, control, **kwargs):
                 recorder._close_epoch(state.is_world_process_zero)
@@ -274,10 +262,10 @@ class RunRecorder:
             "grad_norm": logs.get("grad_norm"),
             "reflection_per_1k_tokens": logs.get("reflection_per_1k_tokens"),
             "grader_timeouts": logs.get("grader_timeouts"),
+            "warnings": [],
             "seconds": round(time.monotonic() - self.started, 3),
         }
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
         if getattr(self, "progress", None):
             status = f"acc {record['train_accuracy']:.2f}  reward {record['reward_mean']:.2f}"
             self.progress.update(self.task, completed=step, status=status)
@@ -288,59 +276,80 @@ class RunRecorder:
         local = [(index, sum(values), len(values)) for index, values in self.epoch_correct.items()]
         self.epoch_correct.clear()
         totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
-        for index, correct, count in gather_object(local) if _distributed() else local:
+        for index, correct, count in gather_object(local) if self.launch.distributed else local:
             totals[index][0] += correct
             totals[index][1] += count
         if not is_main:
             return
         for index, (correct, count) in sorted(totals.items()):
             self.history.setdefault(str(index), []).append(correct / count)
-        _atomic_write(self.history_path, json.dumps(self.history, indent=1))
-
-    def _truncate_to(self, step: int) -> None:
-        """After a resume, forget what was logged past the checkpoint (it is trained again)."""
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
-        if self.history_path.exists():
-            self.history = json.loads(self.history_path.read_text())
+        self.run.write_history(self.history)
 
 
-def _distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+# -- setup helpers -------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    staging = path.with_suffix(path.suffix + ".partial")
-    staging.write_text(text)
-    staging.replace(path)
-
-
-def _step_of(checkpoint: Path | None) -> int | None:
-    return int(checkpoint.name.split("-")[1]) if checkpoint else None
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """checkpoint-N folders that were fully written, oldest first."""
-    found = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / COMPLETE_MARKER).exists()]
-    return sorted(found, key=_step_of)
-
-
-def _check_fresh(output_dir: Path) -> None:
-    if any(output_dir.glob("checkpoint-*")) or (output_dir / "adapter").exists():
-        raise UserError(f"{output_dir} already holds a run: pass --resume to continue it, or another --output-dir")
-    return None
-
-
-def _checkpoint_to_resume(cfg: RunConfig, output_dir: Path) -> Path:
-    checkpoints = complete_checkpoints(output_dir)
-    if not checkpoints:
-        raise UserError(f"--resume: no complete checkpoint in {output_dir} (start without --resume)")
-    saved_path = output_dir / "config.yaml"
-    if saved_path.exists():
-        saved = config_from_resolved(saved_path).model_dump(mode="json")
-        current = cfg.model_dump(mode="json")
+def _starting_point(run: RunFolder, cfg: RunConfig, resume: bool) -> Checkpoint | None:
+    """The checkpoint to continue from (None: from scratch). Without --resume the folder must hold no run."""
+    if run.path.exists() and not run.path.is_dir():
+        raise UserError(f"--output-dir {run.path} is a file, not a folder")
+    if not resume:
+        if run.holds_training():
+            raise UserError(f"{run.path} already holds a run: pass --resume to continue it, or another --output-dir")
+        return None
+    saved = run.read_config()
+    if saved is not None:
+        saved, current = saved.model_dump(mode="json"), cfg.model_dump(mode="json")
         for section in ("model", "lora", "data", "reward"):
             if saved[section] != current[section]:
-                raise UserError(f"--resume: '{section}' settings differ from the run's config.yaml in {output_dir}")
-    return checkpoints[-1]
+                raise UserError(f"--resume: '{section}' settings differ from the run's config.yaml in {run.path}")
+    checkpoints = run.checkpoints()
+    if not checkpoints:
+        print(f"--resume: no complete checkpoint in {run.path}: training from the start")
+        return None
+    return checkpoints[0]
+
+
+def _adapter_from_checkpoint(run: RunFolder, checkpoint: Checkpoint) -> None:
+    """The final adapter is the last checkpoint's (a run killed between its last checkpoint and its final save)."""
+    staging = run.staging_adapter_dir()
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        shutil.copy2(checkpoint.path / name, staging / name)
+    run.keep_metrics_through(checkpoint.step)
+    print(f"adapter saved to {run.publish_adapter()}")
+
+
+def _finish(run: RunFolder, launch: Launch) -> Path:
+    """Draw the report (main process); returns the final adapter folder."""
+    if launch.is_main:
+        from lowrank_rlvr.report import build_report
+
+        report_path, _ = build_report(run.path)
+        print(f"report: {report_path}")
+    return run.adapter_dir
+
+
+def _describe(cfg: RunConfig, runtime: Runtime) -> None:
+    launch, g = runtime.launch, cfg.grpo
+    batch = cfg.generation_batch_size(launch.world_size)
+    print(
+        f"process {launch.rank}/{launch.world_size}: backend {runtime.backend}, {batch // g.num_generations} "
+        f"prompts x {g.num_generations} rollouts per generation batch ({g.per_device_train_batch_size} per device "
+        f"x {g.gradient_accumulation_steps} accumulation x {launch.world_size} processes)",
+        flush=True,
+    )
+
+
+def _configure_cpu(runtime: Runtime) -> None:
+    if runtime.on_cuda:
+        return
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(1)  # more threads than cores per process makes small-model steps 10-50x slower
+    if runtime.launch.distributed:
+        # accelerate 1.15 names each CPU rank's device "cpu:0", and transformers 5.17 resumes a multi-process run with
+        # torch.load(map_location=args.device), which cannot map to an indexed CPU: a plain "cpu" device resumes.
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")

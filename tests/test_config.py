@@ -18,7 +18,7 @@ SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 def test_every_shipped_config_loads_and_validates(path: Path):
     cfg = load_config(path)
     assert cfg.grpo.num_generations >= 2
-    assert cfg.generation_batch_size % cfg.grpo.num_generations == 0
+    assert cfg.generation_batch_size() % cfg.grpo.num_generations == 0
     assert path.read_text().startswith("# lowrank-rlvr train configs/"), "header names the command that runs it"
 
 

@@ -160,8 +160,7 @@ def test_a_rank_with_a_bad_batch_exits_2_with_one_line(cli, tmp_path, monkeypatc
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith("processes = 12 must be divisible by num_generations = 8")
     assert not (tmp_path / "run").exists()
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert load_config("tiny-cpu", ["grpo.per_device_train_batch_size=4"]).generation_batch_size == 8
+    assert load_config("tiny-cpu", ["grpo.per_device_train_batch_size=4"], world_size=2).generation_batch_size(2) == 8
 
 
 ACCELERATE_FILES = {
@@ -208,12 +207,10 @@ def test_accelerate_loader_rejects_a_misspelled_setting(tmp_path):
         load_config_from_file(str(path))
 
 
-def test_four_gpu_config_keeps_the_one_gpu_recipe_and_batch(monkeypatch):
+def test_four_gpu_config_keeps_the_one_gpu_recipe_and_batch():
     one_gpu = load_config("qwen2.5-math-7b-pi1")
-    one_gpu_batch = one_gpu.generation_batch_size  # read now: the property follows WORLD_SIZE
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    four_gpu = load_config(FOUR_GPU_CONFIG)
-    assert four_gpu.generation_batch_size == one_gpu_batch == 128  # 16 prompts x 8 rollouts per optimizer step
+    four_gpu = load_config(FOUR_GPU_CONFIG, world_size=4)
+    assert four_gpu.generation_batch_size(4) == one_gpu.generation_batch_size(1) == 128  # 16 prompts x 8 rollouts per optimizer step
     for section in ("data", "reward", "lora"):
         assert getattr(four_gpu, section) == getattr(one_gpu, section), section
     same = ("num_generations", "max_completion_length", "temperature", "beta", "entropy_coef", "loss_type", "learning_rate")
@@ -221,20 +218,21 @@ def test_four_gpu_config_keeps_the_one_gpu_recipe_and_batch(monkeypatch):
     assert four_gpu.model.backend == "hf" and (four_gpu.grpo.use_vllm, four_gpu.grpo.vllm_mode) == (True, "colocate")
 
 
-def test_four_gpu_header_launch_commands_name_real_files_and_valid_server_settings(monkeypatch):
+def test_four_gpu_header_launch_commands_name_real_files_and_valid_server_settings():
     header = "".join(line for line in FOUR_GPU_CONFIG.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert "accelerate launch --config_file configs/accelerate/ddp.yaml" in header
     assert "torchrun --nproc_per_node 4" in header and "trl vllm-serve --model Qwen/Qwen2.5-Math-7B" in header
     for named in re.findall(r"configs/[\w./-]+\.yaml", header):
         assert (CONFIG_DIR.parent / named).is_file(), named
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    paper_batch = load_config(FOUR_GPU_CONFIG, re.findall(r"--set (grpo.gradient_accumulation_steps=\d+)", header))
-    assert paper_batch.generation_batch_size == 128 * 8, "the paper's 128 prompts x 8 rollouts per step"
+    paper_batch = load_config(
+        FOUR_GPU_CONFIG, re.findall(r"--set (grpo.gradient_accumulation_steps=\d+)", header), world_size=4
+    )
+    assert paper_batch.generation_batch_size(4) == 128 * 8, "the paper's 128 prompts x 8 rollouts per step"
     # the server-mode command's --set overrides, exactly as written, give a valid config in server mode
     server_part = header.split("Rollouts from a vLLM server")[1].split("the same in this file")[0]
     overrides = re.findall(r"--set (\S+)", server_part)
     assert len(overrides) == 5, overrides
-    server = load_config(FOUR_GPU_CONFIG, overrides)
+    server = load_config(FOUR_GPU_CONFIG, overrides, world_size=4)
     assert (server.grpo.use_vllm, server.grpo.vllm_mode, server.grpo.vllm_server_port) == (True, "server", 8000)
     assert server.model.load_in_4bit is False
 

@@ -10,7 +10,8 @@ import pytest
 
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.evaluate import cut_at_eos, default_output, protocol_sampling, token_budget
+from lowrank_rlvr.evaluate import default_output, protocol_sampling
+from lowrank_rlvr.generation import cut_at_eos, token_budget
 
 TINY = "builtin:tiny-qwen2"
 RESPONSES_PER_PROBLEM = {"math500": 1, "aime24": 8, "amc23": 8, "minerva_math": 1, "olympiadbench": 1, "aime25": 8}
@@ -140,14 +141,18 @@ def test_default_report_lands_in_the_run_folder_of_the_adapter(cli, tiny_adapter
 
 
 def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_adapter, shared_data, tmp_path):
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.runs import RunFolder
+
     run = tmp_path / "run"
     for step in (2, 10):
         shutil.copytree(strong_adapter, run / f"checkpoint-{step}")
+        RunFolder(run).mark_complete(step)
+    shutil.copytree(strong_adapter, run / "checkpoint-5")  # cut off mid-write (no completion marker): not evaluated
     (run / "checkpoint-x").mkdir()  # not a checkpoint: ignored
     shutil.copytree(strong_adapter, run / "adapter")  # the final adapter after the last checkpoint
-    (run / "config.yaml").write_text(
-        "model:\n  name_or_path: builtin:tiny-qwen2\ndata:\n  template: qwen-math-cot\ngrpo:\n  max_steps: 12\n"
-    )
+    cfg = load_config("tiny-cpu", ["grpo.max_steps=12", "grpo.save_steps=2"], output_dir=str(run))
+    RunFolder(run).write_config(cfg, cfg.launch_summary(1))
     result = _eval(cli, "--run", str(run), "--benchmarks", "math500,aime24", "--data-dir",
                    str(shared_data / "benchmarks"), "--limit", "2", "--max-tokens", "16", "--backend", "hf")
     assert result.exit_code == 0, result.output
@@ -232,7 +237,7 @@ def test_a_prompt_longer_than_the_context_is_skipped_and_scored_zero(cli, tiny_m
 
 def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, strong_adapter):
     from lowrank_rlvr.data import render_prompt
-    from lowrank_rlvr.evaluate import HFGenerator
+    from lowrank_rlvr.generation import HFGenerator
 
     generator = HFGenerator(str(tiny_model))
     greedy = protocol_sampling("math500", max_tokens=16)
@@ -245,7 +250,7 @@ def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, st
 
 def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
     """vLLM 0.32 serves LoRA on the projections only: 'auto' falls back to transformers, 'vllm' is a clear error."""
-    from lowrank_rlvr.evaluate import choose_sampler, vllm_unsupported_modules
+    from lowrank_rlvr.generation import choose_sampler, vllm_unsupported_modules
 
     adapter = make_adapter(tiny_model, tmp_path / "lm-head-adapter", std=0.05, extra_targets=("lm_head",))
     assert vllm_unsupported_modules(adapter) == ["lm_head"]

@@ -221,10 +221,12 @@ def test_gguf_without_unsloth_fails_before_merging(cli, tiny_adapter: Path, tmp_
 @pytest.fixture()
 def run_dir(tiny_adapter: Path, tmp_path: Path) -> Path:
     """A run folder as `lowrank-rlvr train` and `eval` leave it (config, adapter, checkpoint, metrics, eval)."""
-    from lowrank_rlvr.config import load_config, write_resolved
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.runs import RunFolder
 
     run = tmp_path / "run"
-    write_resolved(load_config("tiny-cpu", output_dir=str(run)), run)
+    cfg = load_config("tiny-cpu", output_dir=str(run))
+    RunFolder(run).write_config(cfg, cfg.launch_summary(1))
     shutil.copytree(tiny_adapter, run / "adapter")
     shutil.copytree(tiny_adapter, run / "checkpoint-100")
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_accuracy": 0.5}) + "\n" for s in (1, 2, 300)))

@@ -10,12 +10,12 @@ import pytest
 
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import CONFIG_DIR, load_config
+from lowrank_rlvr.doctor import known_bad_combinations
 from lowrank_rlvr.plan import (
     GiB,
     KNOWN_MODELS,
     ModelShape,
     estimate,
-    known_bad_combinations,
     lora_params,
     model_shape,
     plan_inputs,

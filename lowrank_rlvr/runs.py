@@ -1,0 +1,261 @@
+"""The run folder: the one place that knows its file names, how they are read back and how they are written safely.
+
+`train` writes a run folder; `eval`, `report`, `merge` and `select` read it. None of them names a file of the run
+folder: they ask a `RunFolder`. Its layout (README's "The run folder" table is checked against `LAYOUT` by a test):
+
+    config.yaml          the resolved config; under `resolved`: the processes and the effective batch
+    metrics.jsonl        one line per logged step (keys: METRIC_KEYS)
+    history.json         per-example training accuracy per epoch (the paper's format; a `select` HISTORY)
+    checkpoint-N/        adapter, optimizer, scheduler, RNG, step; complete only once `checkpoint_complete` is in it
+    adapter/             the final LoRA adapter
+    report/              plots and report.html
+    eval_by_step.jsonl   accuracy vs step (`eval --run`); eval/step-N.json(l) the reports and responses behind it
+    eval_report.json     `eval --adapter RUN/adapter` (RUN/checkpoint-N: eval_report-checkpoint-N.json)
+
+Writes are atomic (a staging file renamed over the target), so a killed process never leaves a half-written
+config.yaml, history.json or adapter; JSONL files are appended line by line, and a torn last line (a job killed
+mid-write, or one still running) is ignored by the reader.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowrank_rlvr.errors import UserError
+
+COMPLETE_MARKER = "checkpoint_complete"
+METRIC_KEYS = (
+    "step", "reward_mean", "reward_std", "train_accuracy", "entropy", "completion_length", "kl", "learning_rate",
+    "grad_norm", "reflection_per_1k_tokens", "grader_timeouts", "warnings", "seconds",
+)
+LAYOUT = {  # path in the run folder -> what it holds (README's table follows this)
+    "config.yaml": "the resolved config, and under `resolved` the processes and the effective batch",
+    "metrics.jsonl": "one line per step: " + ", ".join(f"`{key}`" for key in METRIC_KEYS),
+    "history.json": "per-example training accuracy per epoch, the paper's format (a valid `select` HISTORY)",
+    "checkpoint-N/": "every `save_steps`: adapter, optimizer, scheduler, RNG, step; complete only once "
+    f"`{COMPLETE_MARKER}` is written",
+    "adapter/": "the final LoRA adapter (safetensors; `adapter_config.json` names the base)",
+    "report/": "plots and `report.html`, drawn at the end of training; `lowrank-rlvr report RUN` redraws",
+    "eval_by_step.jsonl": "accuracy vs step, written by `eval --run` (with `eval/step-N.json` and `.jsonl`)",
+    "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
+}
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+class RunFolder:
+    """A run folder on disk. Cheap to make: nothing is read until asked."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+
+    # -- names ---------------------------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    @property
+    def eval_by_step_path(self) -> Path:
+        return self.path / "eval_by_step.jsonl"
+
+    def eval_step_report(self, step: int) -> Path:
+        return self.path / "eval" / f"step-{step}.json"
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / f"checkpoint-{step}"
+
+    @staticmethod
+    def around(adapter_dir: str | Path) -> RunFolder | None:
+        """The run folder holding `adapter_dir` (RUN/adapter or RUN/checkpoint-N), or None outside a run."""
+        adapter_dir = Path(adapter_dir).expanduser().resolve()
+        run = RunFolder(adapter_dir.parent)
+        is_run = run.config_path.is_file() or run.metrics_path.is_file()
+        return run if is_run and (adapter_dir.name == "adapter" or _CHECKPOINT.fullmatch(adapter_dir.name)) else None
+
+    @staticmethod
+    def step_of(adapter_dir: str | Path) -> int | None:
+        """N for a `checkpoint-N` folder, else None."""
+        match = _CHECKPOINT.fullmatch(Path(adapter_dir).expanduser().resolve().name)
+        return int(match.group(1)) if match else None
+
+    def eval_report_for(self, adapter_dir: str | Path) -> Path:
+        """Where `eval --adapter` writes its report for this run's adapter/ or checkpoint-N/ (they don't collide)."""
+        name = Path(adapter_dir).expanduser().resolve().name
+        return self.path / (f"eval_report-{name}.json" if _CHECKPOINT.fullmatch(name) else "eval_report.json")
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def holds_training(self) -> bool:
+        """True once training wrote a checkpoint or the final adapter here."""
+        return any(self.path.glob("checkpoint-*")) or self.adapter_dir.exists()
+
+    def is_finished(self, max_steps: int) -> bool:
+        """The final adapter is saved and every step up to `max_steps` is logged."""
+        if not (self.adapter_dir / "adapter_config.json").is_file():
+            return False
+        steps = [row["step"] for row in self.read_metrics()]
+        return bool(steps) and max(steps) >= max_steps
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Completely written checkpoints, newest first (a run killed mid-save never leaves one that looks complete)."""
+        found = []
+        for folder in self.path.glob("checkpoint-*"):
+            match = _CHECKPOINT.fullmatch(folder.name)
+            if match and (folder / COMPLETE_MARKER).is_file():
+                found.append(Checkpoint(int(match.group(1)), folder))
+        return sorted(found, key=lambda c: c.step, reverse=True)
+
+    def mark_complete(self, step: int) -> None:
+        (self.checkpoint_dir(step) / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
+
+    # -- config.yaml ---------------------------------------------------------------------------------------------
+    def write_config(self, cfg: Any, resolved: dict) -> Path:
+        """The fully resolved config (defaults filled in) and, under `resolved`, facts of the launch."""
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump({**cfg.model_dump(mode="json"), "resolved": resolved}, sort_keys=False)
+        atomic_write_text(self.config_path, text)  # the other processes may read it at the same time (--resume)
+        return self.config_path
+
+    def read_config(self) -> Any | None:
+        """The run's validated `RunConfig` (data files are not required to exist any more), None without config.yaml."""
+        from lowrank_rlvr.config import config_from_raw
+
+        if not self.config_path.is_file():
+            return None
+        import yaml
+
+        try:
+            raw = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"{self.config_path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{self.config_path}: not a run config")
+        raw.pop("resolved", None)
+        return config_from_raw(raw, str(self.config_path), check_files=False)
+
+    # -- metrics.jsonl -------------------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict]:
+        """One row per step (the last written wins: a resumed run logs its steps again), sorted by step."""
+        if not self.metrics_path.is_file():
+            return []
+        return _by_step(self.metrics_path, read_jsonl(self.metrics_path, torn_tail_ok=True))
+
+    def append_metrics(self, record: dict) -> None:
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def keep_metrics_through(self, step: int | None) -> None:
+        """Forget what was logged after `step` (None: everything): those steps are trained again."""
+        kept = [] if step is None else [row for row in self.read_metrics() if row["step"] <= step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    # -- history.json --------------------------------------------------------------------------------------------
+    def read_history(self) -> dict[str, list[float]]:
+        if not self.history_path.is_file():
+            return {}
+        history = read_json(self.history_path)
+        if not isinstance(history, dict):
+            raise UserError(f"{self.history_path}: expected a JSON object mapping example index to accuracies")
+        return history
+
+    def write_history(self, history: dict[str, list[float]]) -> None:
+        atomic_write_text(self.history_path, json.dumps(history, indent=1))
+
+    # -- eval_by_step.jsonl --------------------------------------------------------------------------------------
+    def read_eval_by_step(self) -> list[dict]:
+        if not self.eval_by_step_path.is_file():
+            return []
+        return _by_step(self.eval_by_step_path, read_jsonl(self.eval_by_step_path, torn_tail_ok=True))
+
+    def write_eval_by_step(self, lines: list[dict]) -> None:
+        atomic_write_text(self.eval_by_step_path, "".join(json.dumps(line) + "\n" for line in lines))
+
+    # -- adapter/ ------------------------------------------------------------------------------------------------
+    def staging_adapter_dir(self) -> Path:
+        return self.path / "adapter.partial"
+
+    def publish_adapter(self) -> Path:
+        """Move the fully saved staging adapter into place: adapter/ is complete or absent."""
+        shutil.rmtree(self.adapter_dir, ignore_errors=True)
+        self.staging_adapter_dir().rename(self.adapter_dir)
+        return self.adapter_dir
+
+
+def _by_step(path: Path, numbered: list[tuple[int, dict]]) -> list[dict]:
+    rows: dict[int, dict] = {}
+    for line_number, row in numbered:
+        if not isinstance(row.get("step"), int):
+            raise UserError(f"{path}: line {line_number}: expected a JSON object with an integer 'step'")
+        rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]
+
+
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; UserError naming the line otherwise.
+
+    `torn_tail_ok`: a last line without its newline that is not valid JSON is skipped (a job writing the file was
+    killed mid-line, or is writing it right now). Everywhere else a broken line is the user's to fix.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    lines = text.split("\n")
+    rows = []
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail_ok and line_number == len(lines):  # the last piece of a file that does not end in "\n"
+                break
+            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {line_number}: expected a JSON object")
+        rows.append((line_number, row))
+    return rows
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; UserError naming the file (and line) when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a staging file renamed over `path`: readers see the old file or the new one, never half."""
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(text)
+    staging.replace(path)
