@@ -30,7 +30,7 @@ from lowrank_rlvr.errors import UserError
 
 COMPLETE_MARKER = "checkpoint_complete"
 METRIC_KEYS = (
-    "step", "reward_mean", "reward_std", "train_accuracy", "entropy", "completion_length", "kl", "learning_rate",
+    "step", "reward_mean", "reward_std", "train_accuracy", "format_reward", "entropy", "completion_length", "kl", "learning_rate",
     "grad_norm", "reflection_per_1k_tokens", "grader_timeouts", "warnings", "seconds",
 )
 LAYOUT = {  # path in the run folder -> what it holds (README's table follows this)

@@ -255,6 +255,7 @@ class RunRecorder:
             "reward_mean": logs.get("reward"),
             "reward_std": logs.get("reward_std"),
             "train_accuracy": logs.get("rewards/accuracy/mean"),
+            "format_reward": logs.get("rewards/format/mean"),  # reward.kind 'format' only
             "entropy": logs.get("entropy"),
             "completion_length": logs.get("completions/mean_length"),
             "kl": logs.get("kl", 0.0),

@@ -218,3 +218,27 @@ def test_resume_after_a_kill_anywhere_ends_at_exactly_max_steps(finished_short_r
     load_file(run / "adapter" / "adapter_model.safetensors")  # whole, loadable
     assert not (run / "adapter.partial").exists()
     assert (run / "report" / "report.html").is_file()
+
+
+def test_the_format_baseline_hands_trl_the_format_reward_alone():
+    """TRL sums every reward function it is given (weight 1 each unless told): accuracy must ride along at 0."""
+    import torch
+
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.train import grpo_arguments, reward_functions
+
+    cfg = load_config("tiny-cpu", ["reward.kind=format"], output_dir="unused")
+    names = [f.__name__ for f in reward_functions(grader=None, kind="format", recorder=None)]
+    weights = grpo_arguments(cfg, "hf", False, torch.float32).reward_weights
+    assert dict(zip(names, weights, strict=True)) == {"format": 1.0, "accuracy": 0.0}
+
+
+@pytest.mark.slow
+def test_a_format_run_logs_the_format_reward_as_its_reward(tmp_path, tiny_model):
+    run = tmp_path / "format"
+    result = run_cli("train", "tiny-cpu", "-o", str(run), "--set", "reward.kind=format", *SHORT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(run)
+    assert all(row["reward_mean"] == pytest.approx(row["format_reward"]) for row in rows), rows
+    assert all(row["reward_mean"] <= 1.0 for row in rows), "the format reward's maximum is 1"
+    assert all(row["train_accuracy"] is not None for row in rows), "accuracy is still logged"
