@@ -29,7 +29,7 @@ from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, P
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader
-from lowrank_rlvr.runs import RunFolder, atomic_write_text, read_jsonl
+from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, atomic_write_text, read_jsonl
 
 GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench")
 SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
@@ -64,7 +64,7 @@ def default_output(adapter: str | Path | None) -> Path:
     """RUN/eval_report.json for RUN/adapter, RUN/eval_report-checkpoint-N.json for RUN/checkpoint-N (so the two do
     not overwrite each other), else ./eval_report.json."""
     run = RunFolder.around(adapter) if adapter is not None else None
-    return run.eval_report_for(adapter) if run is not None else Path("eval_report.json")
+    return run.eval_report_for(adapter) if run is not None else Path(EVAL_REPORT)
 
 
 def responses_path(report_path: Path) -> Path:

@@ -240,14 +240,14 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     return path
 
 
-def plot_history(history: dict[str, list[float]], path: Path, most: int = 8) -> Path | None:
+def plot_history(history: dict[str, list[float]], where: Path, path: Path, most: int = 8) -> Path | None:
     """Per-example training accuracy per epoch (the `select` input); the `most` examples that varied most."""
     lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
     if not lists:
         return None
     from lowrank_rlvr.select import history_scores, parse_history, rank_by_score
 
-    scores = history_scores(parse_history(lists, "history.json"))
+    scores = history_scores(parse_history(lists, str(where)))
     shown = rank_by_score(scores)[:most]
     plt, fig, ax = _figure()
     for index in shown:
@@ -292,7 +292,7 @@ def build_report(
             figures.append((key, written))
         else:
             missing.append(key)
-    history_png = plot_history(logs.history, output_dir / "history.png")
+    history_png = plot_history(logs.history, RunFolder(logs.run_dir).history_path, output_dir / "history.png")
     if history_png:
         figures.append(("history", history_png))
     summary["figures"] = [str(path) for _, path in figures]

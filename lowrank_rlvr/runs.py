@@ -29,6 +29,7 @@ from typing import Any
 from lowrank_rlvr.errors import UserError
 
 COMPLETE_MARKER = "checkpoint_complete"
+EVAL_REPORT = "eval_report.json"  # also `eval`'s default output outside a run folder
 METRIC_KEYS = (
     "step", "reward_mean", "reward_std", "train_accuracy", "format_reward", "entropy", "completion_length", "kl", "learning_rate",
     "grad_norm", "reflection_per_1k_tokens", "grader_timeouts", "warnings", "seconds",
@@ -45,6 +46,11 @@ LAYOUT = {  # path in the run folder -> what it holds (README's table follows th
     "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
 }
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def layout_table() -> str:
+    """LAYOUT as the markdown table README.md shows (a test keeps the two equal)."""
+    return "\n".join(["| path | what |", "|---|---|", *(f"| `{path}` | {what} |" for path, what in LAYOUT.items())])
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class RunFolder:
     def eval_report_for(self, adapter_dir: str | Path) -> Path:
         """Where `eval --adapter` writes its report for this run's adapter/ or checkpoint-N/ (they don't collide)."""
         name = Path(adapter_dir).expanduser().resolve().name
-        return self.path / (f"eval_report-{name}.json" if _CHECKPOINT.fullmatch(name) else "eval_report.json")
+        return self.path / (f"eval_report-{name}.json" if _CHECKPOINT.fullmatch(name) else EVAL_REPORT)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def holds_training(self) -> bool:
