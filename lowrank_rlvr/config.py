@@ -116,6 +116,9 @@ class RewardSettings(_Section):
     workers: int = Field(2, ge=1, description="Grading worker processes.")
 
 
+Tracker = Literal["none", "tensorboard", "wandb", "trackio"]
+
+
 class GRPOSettings(_Section):
     """Settings passed to TRL's GRPOConfig under the same names."""
 
@@ -144,6 +147,13 @@ class GRPOSettings(_Section):
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many steps.")
+    report_to: Tracker | list[Tracker] = Field(
+        "none",
+        description="Experiment tracker(s) TRL logs every step to, TRL's name and values: 'none', 'tensorboard' "
+        "(event files in <output_dir>/tensorboard/), 'wandb' (offline into <output_dir>/wandb/ when no API key is "
+        "set), 'trackio' (local), or a list of them. The packages come with the [tracking] extra.",
+    )
+    run_name: str | None = Field(None, description="The run's name in the tracker (default: the run folder's name).")
     seed: int = Field(42, description="Seed for sampling, data order and LoRA init.")
     use_vllm: bool = Field(False, description="hf backend: sample with vLLM (TRL) instead of transformers generate.")
     vllm_mode: Literal["colocate", "server"] = Field(

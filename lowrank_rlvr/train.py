@@ -34,6 +34,7 @@ from lowrank_rlvr.config import RunConfig, config_from_resolved, write_resolved
 from lowrank_rlvr.data import build_train_rows, load_examples
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.model import choose_backend, compute_dtype, cuda_available, load_policy
+from lowrank_rlvr.tracking import prepare_tracking
 
 COMPLETE_MARKER = "checkpoint_complete"
 REFLECTION_WORDS = re.compile(r"\b(rethink|recheck|recalculate|wait|verify)\b", re.IGNORECASE)
@@ -43,6 +44,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
     """Train the adapter; returns the final adapter folder."""
     output_dir = Path(cfg.output_dir)
     examples = load_examples(cfg.data)  # bad data fails here, before any model loads
+    tracking = prepare_tracking(cfg.grpo.report_to, output_dir)  # so does a tracker that is not installed
     backend = choose_backend(cfg.model.backend)
     checkpoint = _checkpoint_to_resume(cfg, output_dir) if resume else _check_fresh(output_dir)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -55,6 +57,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
         f"x {world_size} processes)",
         flush=True,
     )
+    if rank == 0 and tracking:
+        print("\n".join(tracking), flush=True)
     if not cuda_available() and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
@@ -157,7 +161,10 @@ def grpo_arguments(cfg: RunConfig, backend: str) -> Any:
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
         save_strategy="steps",
-        report_to="none",
+        report_to=g.report_to,  # TRL's loggers get our log_metric values too: see lowrank_rlvr/tracking.py
+        run_name=g.run_name or Path(cfg.output_dir).name,
+        # kind 'format': the accuracy reward is computed (it is train_accuracy) but must not train
+        reward_weights=[1.0, 0.0] if cfg.reward.kind == "format" else None,
         disable_tqdm=True,  # RunRecorder draws the progress bar
         log_completions=False,
     )
