@@ -17,8 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.shipped import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()  # the repository's configs/, or the copy inside an installed wheel
 DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
 TINY_MODEL = "builtin:tiny-qwen2"
 
@@ -203,8 +204,11 @@ def resolve_config_path(config: str | Path | None) -> Path:
     if config is None:
         return DEFAULT_CONFIG
     path = Path(config)
-    if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
-        return CONFIG_DIR / f"{config}.yaml"
+    if not path.exists():
+        # 'tiny-cpu', or the documented 'configs/tiny-cpu.yaml' outside a clone (an installed wheel)
+        shipped = CONFIG_DIR / (path.name if path.parent == Path("configs") else f"{config}.yaml")
+        if shipped.is_file():
+            return shipped
     return path
 
 
@@ -212,7 +216,7 @@ def load_config(config: str | Path | None = None, overrides: list[str] = (), out
     """Read, override (`key.path=value`, value parsed as YAML) and validate; raise UserError on any problem."""
     path = resolve_config_path(config)
     if not path.is_file():
-        raise UserError(f"config not found: {path}")
+        raise UserError(f"config not found: {path} (`lowrank-rlvr configs` lists the shipped ones, usable by name)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
