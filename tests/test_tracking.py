@@ -92,3 +92,23 @@ def test_format_reward_trains_on_format_alone_while_accuracy_is_still_logged():
     cfg = load_config("tiny-cpu", ["reward.kind=format"], output_dir="runs/x")
     assert grpo_arguments(cfg, "hf").reward_weights == [1.0, 0.0]  # [format, accuracy]
     assert grpo_arguments(load_config("tiny-cpu", output_dir="runs/x"), "hf").reward_weights is None
+
+
+@pytest.mark.slow
+def test_wandb_without_an_api_key_logs_offline_into_the_run_folder(tmp_path):
+    """No key, no login, no network: the run is logged offline; its record file names our metrics and TRL's."""
+    pytest.importorskip("wandb")
+    run_dir = tmp_path / "run"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env |= {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path / "home")}  # no ~/.netrc login
+    result = subprocess.run(
+        [CLI, "train", "tiny-cpu", "--output-dir", str(run_dir), "--set", "grpo.max_steps=3", "--set",
+         "grpo.save_steps=3", "--set", "grpo.report_to=wandb", "--set", "grpo.run_name=tiny-offline"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"tracking: wandb (offline) in {run_dir / 'wandb'}" in result.stdout
+    (records,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data = records.read_bytes()  # protobuf records: metric names are stored as plain strings
+    for key in (b"train/rewards/accuracy/mean", b"train/reflection_per_1k_tokens", b"tiny-offline"):
+        assert key in data, key
