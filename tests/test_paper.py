@@ -89,6 +89,18 @@ def test_eval_of_a_pi1_run_shows_the_papers_pi1_column(cli, qwen_named_tiny, tin
     assert "paper, pi_1" in result.stdout and "| 72.8 |" in result.stdout and "| 15.4 |" in result.stdout
 
 
+def test_eval_sweep_of_a_pi1_run_ends_with_the_papers_base_and_pi1_rows(cli, qwen_named_tiny, tiny_adapter, shared_data,
+                                                                       tmp_path):
+    run = _run_folder(tmp_path, tiny_adapter, "qwen2.5-math-1.5b-pi1")  # adapter/ is evaluated as step 1000
+    result = cli.invoke(app, ["eval", str(qwen_named_tiny), "--run", str(run), *EVAL,
+                              "--data-dir", str(shared_data / "benchmarks")])
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert table[0] == "| step | math500 | aime24 | average |"
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| 0", "| 1000", "| paper, base", "| paper, pi_1"]
+    assert table[-2] == "| paper, base | 36.0 | 6.7 | 21.4 |" and table[-1] == "| paper, pi_1 | 72.8 | 15.4 | 44.1 |"
+
+
 def test_eval_of_an_unknown_example_shows_no_paper_column(cli, qwen_named_tiny, tiny_adapter, shared_data, tmp_path):
     run = _run_folder(tmp_path, tiny_adapter, "tiny-cpu")  # "What is 17+25?": not in the paper
     result = cli.invoke(app, ["eval", str(qwen_named_tiny), "--adapter", str(run / "adapter"), *EVAL,
