@@ -11,6 +11,9 @@ Where we depart from the Qwen suite:
   generation is capped at the room left (`context - prompt`) instead of failing;
 - greedy evaluation is one sample at temperature 0 on both backends, so vLLM and transformers agree token for token.
 
+The printed table sets the paper's figures beside ours when the base model and the run's example set match one of
+its rows (`lowrank_rlvr.paper`: the base row for a base model alone, the trained row for a run's adapter).
+
 Outputs: `PATH.json` (the report) and `PATH.jsonl` next to it (one line per response). Reusing PATH resumes: problems
 whose responses are already in the jsonl, made with the same settings, are not generated again.
 
