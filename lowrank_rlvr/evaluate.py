@@ -169,7 +169,8 @@ def markdown_table(report: dict, paper: Any = None) -> str:
         )
     theirs = comparable_average(paper, list(report["benchmarks"]))
     rows.append(f"| **average** | **{100 * report['average']:.1f}** | {'-' if theirs is None else f'{theirs:.1f}'} | | |")
-    return "\n".join(rows) + f"\n\n{paper.label}: {SOURCE} (where our evaluation differs: lowrank_rlvr/paper.py)"
+    subset = "" if theirs == paper.average else "; its average here is its mean over the benchmarks evaluated"
+    return "\n".join(rows) + f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)"
 
 
 # -------------------------------------------------------------------------------------------------------- evaluation
