@@ -190,6 +190,15 @@ def plan(
 
 @app.command()
 @_fail_cleanly
+def configs() -> None:
+    """List the shipped configs (name, model, what it is); `train NAME` and `plan NAME` take the name."""
+    from lowrank_rlvr.shipped import config_dir, listing, shipped_configs
+
+    typer.echo(listing(shipped_configs()) + f"\n\n(in {config_dir()})")
+
+
+@app.command()
+@_fail_cleanly
 def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by `lowrank-rlvr train` (metrics.jsonl, ...)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default RUN_DIR/report)."),

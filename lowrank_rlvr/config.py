@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
+from lowrank_rlvr.shipped import config_dir
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()  # the repository's configs/, or the copy inside an installed wheel
 DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
 TINY_MODEL = "builtin:tiny-qwen2"
 # The paper's sampling settings, shared by training (GRPOSettings) and evaluation (`eval`, `select --estimate`).
@@ -123,6 +124,9 @@ class RewardSettings(_Section):
     workers: int = Field(DEFAULT_GRADER_WORKERS, ge=1, description="Grading worker processes.")
 
 
+Tracker = Literal["none", "tensorboard", "wandb", "trackio"]
+
+
 class GRPOSettings(_Section):
     """Settings passed to TRL's GRPOConfig under the same names."""
 
@@ -153,6 +157,13 @@ class GRPOSettings(_Section):
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many steps.")
+    report_to: Tracker | list[Tracker] = Field(
+        "none",
+        description="Experiment tracker(s) TRL logs every step to, TRL's name and values: 'none', 'tensorboard' "
+        "(event files in <output_dir>/tensorboard/), 'wandb' (offline into <output_dir>/wandb/ when no API key is "
+        "set), 'trackio' (local), or a list of them. The packages come with the [tracking] extra.",
+    )
+    run_name: str | None = Field(None, description="The run's name in the tracker (default: the run folder's name).")
     seed: int = Field(42, description="Seed for sampling, data order and LoRA init.")
     use_vllm: bool = Field(False, description="hf backend: sample with vLLM (TRL) instead of transformers generate.")
     vllm_mode: Literal["colocate", "server"] = Field(
@@ -214,8 +225,11 @@ def resolve_config_path(config: str | Path | None) -> Path:
     if config is None:
         return DEFAULT_CONFIG
     path = Path(config)
-    if not path.exists() and (CONFIG_DIR / f"{config}.yaml").exists():
-        return CONFIG_DIR / f"{config}.yaml"
+    if not path.exists():
+        # 'tiny-cpu', or the documented 'configs/tiny-cpu.yaml' outside a clone (an installed wheel)
+        shipped = CONFIG_DIR / (path.name if path.parent == Path("configs") else f"{config}.yaml")
+        if shipped.is_file():
+            return shipped
     return path
 
 
@@ -226,7 +240,7 @@ def load_config(
     UserError on any problem."""
     path = resolve_config_path(config)
     if not path.is_file():
-        raise UserError(f"config not found: {path}")
+        raise UserError(f"config not found: {path} (`lowrank-rlvr configs` lists the shipped ones, usable by name)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -9,6 +9,9 @@ Where we depart from the Qwen suite: answers are checked by math-verify (the tra
 `math_equal`; generation's own departures (prompts too long for the context, greedy decoding) are in
 `lowrank_rlvr.generation`.
 
+The printed table sets the paper's figures beside ours when the base model and the run's example set match one of
+its rows (`lowrank_rlvr.paper`: the base row for a base model alone, the trained row for a run's adapter).
+
 Outputs: `PATH.json` (the report) and `PATH.jsonl` next to it (one line per response). Reusing PATH resumes: problems
 whose responses are already in the jsonl, made with the same settings, are not generated again.
 
@@ -28,6 +31,7 @@ from lowrank_rlvr.benchmarks import Problem, load_benchmark, parse_benchmarks
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
+from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader
 from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, atomic_write_text, read_jsonl
 
@@ -120,12 +124,25 @@ def summarize(name: str, problems: list[Problem], records: list[dict], sampling:
     }
 
 
-def markdown_table(report: dict) -> str:
-    rows = ["| benchmark | accuracy | problems | samples |", "|---|---:|---:|---:|"]
+def markdown_table(report: dict, paper: Any = None) -> str:
+    """Our accuracies (%), with the paper's beside them when `paper` (a `lowrank_rlvr.paper.PaperRow`) is given."""
+    if paper is None:
+        rows = ["| benchmark | accuracy | problems | samples |", "|---|---:|---:|---:|"]
+        for name, result in report["benchmarks"].items():
+            rows.append(f"| {name} | {100 * result['accuracy']:.1f} | {result['num_problems']} | {result['num_samples']} |")
+        rows.append(f"| **average** | **{100 * report['average']:.1f}** | | |")
+        return "\n".join(rows)
+    rows = [f"| benchmark | accuracy | {paper.label} | problems | samples |", "|---|---:|---:|---:|---:|"]
     for name, result in report["benchmarks"].items():
-        rows.append(f"| {name} | {100 * result['accuracy']:.1f} | {result['num_problems']} | {result['num_samples']} |")
-    rows.append(f"| **average** | **{100 * report['average']:.1f}** | | |")
-    return "\n".join(rows)
+        theirs = paper.benchmarks.get(name)
+        rows.append(
+            f"| {name} | {100 * result['accuracy']:.1f} | {'-' if theirs is None else f'{theirs:.1f}'} | "
+            f"{result['num_problems']} | {result['num_samples']} |"
+        )
+    theirs = comparable_average(paper, list(report["benchmarks"]))
+    rows.append(f"| **average** | **{100 * report['average']:.1f}** | {'-' if theirs is None else f'{theirs:.1f}'} | | |")
+    subset = "" if theirs == paper.average else "; its average here is its mean over the benchmarks evaluated"
+    return "\n".join(rows) + f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)"
 
 
 # -------------------------------------------------------------------------------------------------------- evaluation
@@ -152,6 +169,7 @@ def run_eval_command(
         for line in lines:
             cells = " | ".join(f"{100 * acc:.1f}" for acc in line["benchmarks"].values())
             table.append(f"| {line['step']} | {cells} | {100 * line['average']:.1f} |")
+        table += _paper_rows(read_run_config(run), model, names)
         return "\n".join(table) + f"\n\naccuracy by step: {RunFolder(run).eval_by_step_path}"
     if model is None:
         raise UserError("give MODEL (a Hub id, a folder or builtin:tiny-qwen2), or --run RUN")
@@ -159,7 +177,23 @@ def run_eval_command(
         model, str(adapter) if adapter else None, output=output, template=template or DEFAULT_TEMPLATE, **common
     )
     settings = report["settings"]
-    return markdown_table(report) + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}"
+    if adapter is None:
+        paper = reference(model, "base")  # the base model alone: the paper's step 0
+    else:
+        paper = reference_for_run(read_run_config(Path(adapter).expanduser().resolve().parent), model=model)
+    return markdown_table(report, paper) + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}"
+
+
+def _paper_rows(run_config: dict | None, model: str | None, names: list[str]) -> list[str]:
+    """The paper's base and trained rows under the step table, when the run's model and example set match."""
+    rows = []
+    for step in (0, None):
+        paper = reference_for_run(run_config, model=model, step=step)
+        if paper is not None:
+            cells = " | ".join("-" if paper.benchmarks.get(n) is None else f"{paper.benchmarks[n]:.1f}" for n in names)
+            average = comparable_average(paper, names)
+            rows.append(f"| {paper.label} | {cells} | {'-' if average is None else f'{average:.1f}'} |")
+    return rows
 
 
 def run_eval(

@@ -331,7 +331,10 @@ def model_card(
     if run_config is not None:
         lines += ["", "## Training recipe", "", *recipe_lines(run_config)]
     if eval_report is not None:
-        lines += ["", "## Evaluation", "", *eval_table(eval_report, eval_by_step)]
+        from lowrank_rlvr.paper import reference_for_run
+
+        paper = reference_for_run(run_config)  # the paper's figures for this model and example set, if it has them
+        lines += ["", "## Evaluation", "", *eval_table(eval_report, eval_by_step, paper)]
     lines += ["", "## Use", "", "`problem` is the question text.", "", *usage_lines(model_id, run_config)]
     return "\n".join(lines) + "\n"
 
@@ -369,22 +372,31 @@ def recipe_lines(cfg: Any) -> list[str]:
     return lines[:-1]
 
 
-def eval_table(report: dict, eval_by_step: dict | None = None) -> list[str]:
+def eval_table(report: dict, eval_by_step: dict | None = None, paper: Any = None) -> list[str]:
     """Markdown table of an eval report (accuracy as a fraction 0..1, shown in %); a 'base' column when the sweep
-    in eval_by_step.jsonl holds step 0."""
+    in eval_by_step.jsonl holds step 0; a column of the paper's figures when `paper` (a PaperRow, in %) is given."""
+    from lowrank_rlvr.paper import SOURCE, comparable_average
+
     base_row = (eval_by_step or {}).get(0)
     base_scores = base_row["benchmarks"] if base_row else None
-    header = "| benchmark | " + ("base | " if base_scores else "") + "this model | problems | samples per problem |"
-    lines = [header, "|---|" + ("---:|" if base_scores else "") + "---:|---:|---:|"]
+    paper_head, paper_rule = (f"{paper.label} | ", "---:|") if paper is not None else ("", "")
+    header = "| benchmark | " + ("base | " if base_scores else "") + f"this model | {paper_head}problems | samples per problem |"
+    lines = [header, "|---|" + ("---:|" if base_scores else "") + f"---:|{paper_rule}---:|---:|"]
     for name, result in report.get("benchmarks", {}).items():
         base_cell = f"{_percent(base_scores.get(name))} | " if base_scores else ""
+        paper_cell = f"{_paper_percent(paper.benchmarks.get(name))} | " if paper is not None else ""
         lines.append(
-            f"| {name} | {base_cell}{_percent(result.get('accuracy'))} | {result.get('num_problems', '')} | "
+            f"| {name} | {base_cell}{_percent(result.get('accuracy'))} | {paper_cell}{result.get('num_problems', '')} | "
             f"{result.get('num_samples', '')} |"
         )
     if report.get("average") is not None:
         base_cell = f"{_percent(base_row.get('average'))} | " if base_scores else ""
-        lines.append(f"| **average** | {base_cell}{_percent(report['average'])} | | |")
+        paper_cell = (
+            f"{_paper_percent(comparable_average(paper, list(report.get('benchmarks', {}))))} | " if paper is not None else ""
+        )
+        lines.append(f"| **average** | {base_cell}{_percent(report['average'])} | {paper_cell}| |")
+    if paper is not None:
+        lines += ["", f"{paper.label}: full fine-tuning in {SOURCE} (best six-benchmark average checkpoint)."]
     settings = {key: value for key, value in (report.get("settings") or {}).items() if key in _CARD_EVAL_SETTINGS}
     if settings:
         described = ", ".join(f"{key}={value}" for key, value in settings.items())
@@ -467,6 +479,10 @@ def _percent(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{100 * float(value):.1f}%"
+
+
+def _paper_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
 
 
 def _first_line(exc: BaseException) -> str:

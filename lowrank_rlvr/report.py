@@ -11,7 +11,8 @@ Reads the run folder's files (none is modified):
 - `eval_by_step.jsonl` (optional, from `lowrank-rlvr eval --run RUN`): `{"step", "benchmarks": {name: acc}, "average"}`;
   step 0 is the base model. Accuracies may be fractions or percentages (any value above 1 means percentages).
 - `history.json` (optional): per-example training accuracy per epoch; plotted when an example has >= 2 epochs.
-- `config.yaml` (optional): model and example, for the page's header.
+- `config.yaml` (optional): model and example, for the page's header and the paper's figures for them
+  (`lowrank_rlvr.paper`), drawn as dashed lines in the accuracy plot when the model and example set match a row.
 
 Our definition of the saturation step (the paper reads it off the plot): the first step at which the trailing mean
 of `train_accuracy` over `window` logged steps reaches `threshold` (defaults 10 and 0.95). The paper logs 128 x 8
@@ -201,6 +202,8 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     else:
         ax.text(0.99, 0.03, "no held-out accuracy yet: run `lowrank-rlvr eval --run RUN`", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=8, color="gray")
+    for label, value, alpha in paper_lines(logs):  # the paper's figures for this model and example, dashed
+        ax.axhline(value, color=HELD_OUT_COLOR, linestyle="--", linewidth=1.2, alpha=alpha, label=label)
     _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
     if summary["saturation_step"] is None and steps:
         ax.text(0.01, 0.97, f"not saturated: mean of {window} steps stayed below {100 * summary['saturation_threshold']:.0f}%",
@@ -214,6 +217,22 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def paper_lines(logs: RunLogs) -> list[tuple[str, float, float]]:
+    """(label, accuracy in %, alpha) of the paper's base and trained figures for this run's model and example set
+    (`lowrank_rlvr.paper`), over the benchmarks the held-out curve shows; none when no row matches."""
+    from lowrank_rlvr.paper import BENCHMARK_ORDER, comparable_average, reference_for_run
+
+    names = sorted({name for row in logs.eval_by_step for name in row["benchmarks"]}) or list(BENCHMARK_ORDER)
+    lines = []
+    for step, alpha in ((0, 0.45), (None, 0.9)):
+        row = reference_for_run(logs.config or None, step=step)
+        value = comparable_average(row, names) if row is not None else None
+        if value is not None:
+            what = "average" if len(names) > 1 else names[0]
+            lines.append((f"{row.label}: {value:.1f}% ({what})", value, alpha))
+    return lines
 
 
 def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | None:
@@ -338,6 +357,8 @@ def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
             rows.append(("held-out change after saturation", f"{gain:+.1f} points"))
     else:
         rows.append(("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)"))
+    for label, value, _ in paper_lines(logs):
+        rows.append((label.split(":")[0], f"{value:.1f}% (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
     if summary["not_logged"]:
         rows.append(("not logged by this run", ", ".join(summary["not_logged"])))
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)

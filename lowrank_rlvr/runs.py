@@ -9,6 +9,7 @@ folder: they ask a `RunFolder`. Its layout (README's "The run folder" table is c
     checkpoint-N/        adapter, optimizer, scheduler, RNG, step; complete only once `checkpoint_complete` is in it
     adapter/             the final LoRA adapter
     report/              plots and report.html
+    tensorboard/, wandb/ the trackers' own files (grpo.report_to)
     eval_by_step.jsonl   accuracy vs step (`eval --run`); eval/step-N.json(l) the reports and responses behind it
     eval_report.json     `eval --adapter RUN/adapter` (RUN/checkpoint-N: eval_report-checkpoint-N.json)
 
@@ -41,9 +42,11 @@ LAYOUT = {  # path in the run folder -> what it holds (README's table follows th
     "checkpoint-N/": "every `save_steps`: adapter, optimizer, scheduler, RNG, step; complete only once "
     f"`{COMPLETE_MARKER}` is written",
     "adapter/": "the final LoRA adapter (safetensors; `adapter_config.json` names the base)",
-    "report/": "plots and `report.html`, drawn at the end of training; `lowrank-rlvr report RUN` redraws",
+    "report/": "plots (training vs held-out accuracy, entropy, length, reflection words, collapse warnings) and "
+    "`report.html`, drawn at the end of training; `lowrank-rlvr report RUN` redraws",
     "eval_by_step.jsonl": "accuracy vs step, written by `eval --run` (with `eval/step-N.json` and `.jsonl`)",
     "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
+    "tensorboard/": "TensorBoard's event files, with `grpo.report_to: tensorboard` (`wandb/`: wandb's, offline or not)",
 }
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
@@ -85,6 +88,10 @@ class RunFolder:
     @property
     def report_dir(self) -> Path:
         return self.path / "report"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def eval_by_step_path(self) -> Path:

@@ -31,6 +31,7 @@ from lowrank_rlvr.model import load_policy
 from lowrank_rlvr.rewards import reflection_per_1k_tokens
 from lowrank_rlvr.runs import Checkpoint, RunFolder
 from lowrank_rlvr.runtime import Launch, Runtime, launch_from_environment, training_runtime
+from lowrank_rlvr.tracking import prepare_tracking
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft needs to load an adapter
 
@@ -46,7 +47,8 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     """Train the adapter; returns the final adapter folder."""
     # -- setup: everything that can fail on bad input fails here, before any model loads --------------------------
     run = RunFolder(cfg.output_dir)
-    runtime = training_runtime(cfg, launch)
+    tracking = prepare_tracking(cfg.grpo.report_to, run)  # a tracker that is not installed fails here
+    runtime = training_runtime(cfg, launch)  # and so do bad data and an impossible backend
     checkpoint = _starting_point(run, cfg, resume)
     if resume and run.is_finished(cfg.grpo.max_steps):
         print(f"{run.path}: the run already finished ({cfg.grpo.max_steps} steps); nothing to train")
@@ -59,6 +61,8 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     if launch.is_main:
         run.write_config(cfg, cfg.launch_summary(launch.world_size))
     _describe(cfg, runtime)
+    if launch.is_main and tracking:
+        print("\n".join(tracking), flush=True)
     _configure_cpu(runtime)
 
     model, tokenizer, peft_config = load_policy(cfg, runtime)  # unsloth (if chosen) is imported here, before trl
@@ -152,7 +156,8 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
         save_strategy="steps",
-        report_to="none",
+        report_to=g.report_to,  # TRL's loggers get our log_metric values too: see lowrank_rlvr/tracking.py
+        run_name=g.run_name or Path(cfg.output_dir).name,
         disable_tqdm=True,  # RunRecorder draws the progress bar
         log_completions=False,
     )

@@ -1,17 +1,21 @@
-"""The Colab and Kaggle notebooks: every `lowrank-rlvr ...` command they run parses with the real CLI, in GPU and in
-SMOKE mode, and the configs they name load.
+"""The Colab and Kaggle notebooks: both run end to end in SMOKE mode in a real Jupyter kernel, and every
+`lowrank-rlvr ...` command they run parses with the real CLI in GPU mode too, where the configs they name load.
 
-Executing the notebooks (training, evaluation with Hub downloads) would be too slow for CI. Instead the settings cell
-(tagged `parameters`) is run as plain Python with SMOKE and HUB_REPO set, each `!lowrank-rlvr` line is expanded the
-way IPython expands `{expr}`, and the words go through click's own parser for the Typer app: an unknown subcommand or
-option, a missing option value, a missing required argument or a surplus argument fails the test.
+SMOKE mode is executed for real (nbclient + ipykernel, slow): the settings cell (tagged `parameters`) gets SMOKE, the
+runs folder and the local benchmark folder, as papermill would set them, and every cell runs in order; a cell that
+raises fails the test, and the run folder, the eval table and the merged export are checked. GPU mode cannot run
+here: its settings cell is run as plain Python, each `!lowrank-rlvr` line is expanded the way IPython expands
+`{expr}`, and the words go through click's own parser for the Typer app: an unknown subcommand or option, a missing
+option value, a missing required argument or a surplus argument fails the test.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,10 +103,9 @@ def test_notebook_configs_load_and_fit_the_platform(notebook: Path, smoke: bool)
     from lowrank_rlvr.config import load_config
 
     namespace = _settings(notebook, smoke, hub_repo="")
-    config_path = REPO_ROOT / namespace["CONFIG"]
-    cfg = load_config(config_path)
+    cfg = load_config(namespace["CONFIG"])  # a shipped config's name: no checkout needed
     if smoke:
-        assert config_path.name == "tiny-cpu.yaml"
+        assert namespace["CONFIG"] == "tiny-cpu"
         assert cfg.model.name_or_path == namespace["BASE_MODEL"] == "builtin:tiny-qwen2"
     else:
         # T4 and P100: 16 GB, no bfloat16
@@ -136,3 +139,49 @@ def test_try_the_merged_model_cell_runs_on_a_tiny_export(notebook: Path, tiny_ad
     assert "EXPORT_DIR" in last and not any(line.lstrip().startswith(("!", "%")) for line in last.splitlines())
     exec(compile(last, f"{notebook.name}:last", "exec"), {"SMOKE": True, "EXPORT_DIR": str(export)})  # noqa: S102
     assert capsys.readouterr().out.strip()  # it printed the model's answer
+
+
+def _parameterized(notebook: Path, **values):
+    """The notebook with its settings cell's `NAME = ...` lines replaced (what papermill's parameters do)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    for name, value in values.items():
+        cell.source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", cell.source, count=1, flags=re.M)
+        assert count == 1, f"no '{name} = ...' line in the settings cell"
+    return nb
+
+
+def _printed(cell) -> str:
+    return "".join(out.get("text", "") for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.stem)
+def test_notebook_runs_end_to_end_in_smoke_mode_in_a_jupyter_kernel(notebook, tmp_path, shared_data, monkeypatch):
+    from nbclient import NotebookClient
+
+    runs = tmp_path / "runs"
+    nb = _parameterized(notebook, SMOKE=True, RUNS_DIR=str(runs), BENCHMARK_DIR=str(shared_data / "benchmarks"))
+    # the kernel (this interpreter, through ipykernel) finds `lowrank-rlvr` on PATH, as after `pip install`
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    printed = {cell.source.strip(): _printed(cell) for cell in code}
+    run, export = runs / "smoke", runs / "smoke-merged"
+    # the run folder: config, metrics of the 4 steps, checkpoints, adapter, report
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "report" / "report.html").is_file()
+    # the eval table, printed by the eval cell, and its report
+    (eval_out,) = [text for source, text in printed.items() if source.startswith("!lowrank-rlvr eval")]
+    assert "| benchmark | accuracy | problems | samples |" in eval_out and "| math500 |" in eval_out
+    assert json.loads((run / "eval_report.json").read_text())["benchmarks"]["math500"]["num_problems"] == 4
+    # the merged export: a plain checkpoint with its model card, and the last cell's answer from it
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in export.iterdir()}
+    assert "| math500 |" in (export / "README.md").read_text()  # the eval table made it into the card
+    assert _printed(code[-1]).strip()

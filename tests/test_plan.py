@@ -24,6 +24,9 @@ from lowrank_rlvr.plan import (
 
 GPU_CONFIGS_24GB = [
     "qwen2.5-math-1.5b-pi1",
+    "qwen2.5-math-1.5b-pi13",
+    "qwen2.5-math-1.5b-pi1-pi13",
+    "qwen2.5-math-1.5b-pi1-format",
     "qwen2.5-math-7b-pi1",
     "llama3.2-3b-instruct-pi1",
     "r1-distill-qwen-1.5b-pi1",

@@ -11,7 +11,7 @@ from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.runs import COMPLETE_MARKER, LAYOUT, RunFolder, layout_table, read_jsonl
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lowrank_rlvr"
-GENERIC = {"adapter", "report"}  # also plain words (dict keys, command names): not checked
+GENERIC = {"adapter", "report", "tensorboard"}  # also plain words (dict keys, command names): not checked
 RUN_FILE_NAMES = {name.rstrip("/") for name in LAYOUT} - GENERIC | {COMPLETE_MARKER, "adapter.partial"}
 
 
