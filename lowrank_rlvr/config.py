@@ -203,8 +203,10 @@ def load_config(config: str | Path | None = None, overrides: list[str] = (), out
     path = resolve_config_path(config)
     if not path.is_file():
         raise UserError(f"config not found: {path}")
+    from lowrank_rlvr.files import read_text
+
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_text(path, "config")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -238,10 +240,20 @@ def write_resolved(cfg: RunConfig, output_dir: Path) -> Path:
 
 
 def config_from_resolved(path: Path) -> RunConfig:
-    """Read back a run folder's config.yaml (drops the informational `resolved` block)."""
-    raw = yaml.safe_load(path.read_text())
+    """Read back a run folder's config.yaml (drops the informational `resolved` block); UserError when it is damaged."""
+    from lowrank_rlvr.files import read_text
+
+    try:
+        raw = yaml.safe_load(read_text(path, "run config"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: run config is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: run config must be a mapping of settings")
     raw.pop("resolved", None)
-    return RunConfig.model_validate(raw)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {_describe(exc)}") from None
 
 
 def _apply_override(raw: dict, override: str) -> None:

@@ -89,28 +89,30 @@ def load_examples(data: DataSettings) -> list[Example]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a .jsonl or .parquet file as dicts (UserError naming the line for broken JSON)."""
+    """Rows of a .jsonl or .parquet file as dicts (UserError naming the file: a broken line, a truncated parquet)."""
     if path.suffix == ".parquet":
-        import pandas as pd
+        from lowrank_rlvr.files import read_parquet
 
-        return pd.read_parquet(path).to_dict(orient="records")
+        return read_parquet(path, "data file")
     return [row for _, row in read_jsonl(path)]
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line; UserError naming the line for anything that is not an object."""
+    from lowrank_rlvr.files import read_text
+
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: line {line_number}: expected a JSON object")
-            rows.append((line_number, row))
+    # split on "\n" only: str.splitlines would also split inside JSON strings holding U+2028 and friends
+    for line_number, line in enumerate(read_text(path, "JSONL file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {line_number}: expected a JSON object")
+        rows.append((line_number, row))
     return rows
 
 

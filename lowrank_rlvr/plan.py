@@ -561,8 +561,8 @@ def plan_command(config: str | None, overrides: list[str], gpu_memory: float | N
     if env:
         return environment_report(), 0
     cfg = load_config(config, overrides)
-    if gpu_memory is not None and gpu_memory <= 0:
-        raise UserError(f"--gpu-memory must be positive (got {gpu_memory})")
+    if gpu_memory is not None and not 0 < gpu_memory < math.inf:  # also refuses NaN
+        raise UserError(f"--gpu-memory must be a positive number (got {gpu_memory})")
     gpu_gib, gpu_source = (gpu_memory, "--gpu-memory") if gpu_memory is not None else detect_gpu_gib()
     shape = model_shape(cfg.model.name_or_path)
     inputs = plan_inputs(cfg, gpu_gib)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import read_text, writable_dir
 
 REFLECTION_WORDS = ("rethink", "recheck", "recalculate", "wait", "verify")
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
@@ -75,7 +76,7 @@ def read_run(run_dir: Path) -> RunLogs:
     history_path = run_dir / "history.json"
     if history_path.is_file():
         try:
-            history = json.loads(history_path.read_text())
+            history = json.loads(read_text(history_path, "history"))
         except json.JSONDecodeError as exc:
             raise UserError(f"{history_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(history, dict):
@@ -87,13 +88,13 @@ def read_run(run_dir: Path) -> RunLogs:
 
         try:  # informational only: raw YAML, so a config whose data file has moved still shows
             config = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             config = {}
     return RunLogs(run_dir, metrics, eval_by_step, history, config if isinstance(config, dict) else {})
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    text = path.read_text()
+    text = read_text(path, "JSONL file")
     lines = text.split("\n")
     rows = []
     for line_number, line in enumerate(lines, 1):
@@ -321,7 +322,7 @@ def build_report(
     if window < 1:
         raise UserError(f"--window must be >= 1 (got {window})")
     logs = read_run(Path(run_dir))
-    output_dir = Path(output_dir) if output_dir else logs.run_dir / "report"
+    output_dir = writable_dir(Path(output_dir) if output_dir else logs.run_dir / "report", "report folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(logs, threshold, window)
     figures = [("accuracy", plot_accuracy(logs, summary, output_dir / "accuracy.png"))]
