@@ -28,6 +28,9 @@ from typing import Any, Iterator
 
 from lowrank_rlvr.benchmarks import Problem, load_benchmark, parse_benchmarks
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import (
+    appended_log, atomic_output, check_model, read_adapter_config, read_text, writable_dir, writable_file,
+)
 from lowrank_rlvr.rewards import Grader
 
 GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench")
@@ -62,7 +65,7 @@ def protocol_sampling(
     """The paper's setting for benchmark `name`, with any flag the user gave taking precedence."""
     greedy = name in GREEDY_BENCHMARKS
     temp = temperature if temperature is not None else (0.0 if greedy else SAMPLED["temperature"])
-    if temp < 0:
+    if not temp >= 0:  # also refuses NaN
         raise UserError(f"--temperature must be >= 0 (got {temp})")
     count = samples if samples is not None else (1 if greedy or temp == 0 else SAMPLED["num_samples"])
     if count < 1:
@@ -112,7 +115,7 @@ def read_records(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    lines = path.read_text().splitlines(keepends=True)
+    lines = read_text(path, "responses file").splitlines(keepends=True)
     for line_number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -211,7 +214,7 @@ def choose_sampler(requested: str, adapter_dirs: list[Path]) -> str:
 
 def vllm_unsupported_modules(adapter_dir: Path) -> list[str]:
     """Modules of a peft adapter that vLLM's LoRA does not cover (lm_head, embeddings, fully trained modules)."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     names = [t for t in targets if any(word in t for word in VLLM_LORA_UNSUPPORTED)]
@@ -242,7 +245,9 @@ def run_eval(
     adapter_dirs = [adapter_dir] if adapter_dir else []
     backend = choose_sampler(backend, adapter_dirs)  # before any download
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
-    report_path = Path(output) if output is not None else default_output(adapter_dir)
+    report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
+    writable_file(responses_path(report_path), "responses file")
+    check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
     generator = open_generator(backend, resolve_model_path(model), adapter_dirs, seed, batch_size)
     with Grader() as grader:
         return evaluate_suite(
@@ -284,8 +289,11 @@ def run_sweep(
         raise UserError(f"{run}: cannot tell the base model (no config.yaml); give MODEL")
     template = template or run_settings.get("template") or DEFAULT_TEMPLATE
     names = parse_benchmarks(benchmarks)
-    backend = choose_sampler(backend, [d for _, d in steps])  # before any download
+    backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
+    writable_dir(run / "eval", "sweep reports folder")
+    writable_file(run / "eval_by_step.jsonl", "sweep results file")
+    check_model(resolve_model_path(model), "model", shown=model)
     generator = open_generator(backend, resolve_model_path(model), [d for _, d in steps], seed, batch_size)
     lines: list[dict] = []
     with Grader() as grader:
@@ -299,7 +307,8 @@ def run_sweep(
                 "benchmarks": {name: result["accuracy"] for name, result in report["benchmarks"].items()},
                 "average": report["average"],
             })
-            (run / "eval_by_step.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+            with atomic_output(run / "eval_by_step.jsonl") as staging:
+                staging.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
 
 
@@ -337,7 +346,7 @@ def evaluate_suite(
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     console = Console(stderr=True)
-    with jsonl.open("a") as sink, Progress(
+    with appended_log(jsonl) as sink, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
     ) as progress:
         for name, problems, sampling in suite:
@@ -375,8 +384,8 @@ def evaluate_suite(
             "report": str(report_path), "responses": str(jsonl),
         },
     }
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_output(report_path) as staging:
+        staging.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -397,8 +406,9 @@ def _check_adapter(adapter: str | None) -> Path | None:
     if adapter is None:
         return None
     adapter_dir = Path(adapter).expanduser()
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (adapter_dir / "adapter_config.json").exists():
         raise UserError(f"--adapter {adapter}: no adapter_config.json there (give a peft adapter folder)")
+    read_adapter_config(adapter_dir)  # a damaged config or truncated weights fail here, before the model loads
     return adapter_dir.resolve()
 
 
@@ -441,7 +451,7 @@ def _run_settings(run: Path) -> dict:
 
 
 def _adapter_base(adapter_dir: Path) -> str | None:
-    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return read_adapter_config(adapter_dir).get("base_model_name_or_path")
 
 
 # -------------------------------------------------------------------------------------------------------- generation
@@ -573,10 +583,14 @@ class HFGenerator:
 
         if adapter_dir not in self.adapters:
             name = f"adapter{len(self.adapters)}"
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(adapter_dir), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(adapter_dir), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+            except (RuntimeError, ValueError) as exc:  # peft: size mismatch, target modules not in this model
+                first = next((line for line in str(exc).splitlines() if "size mismatch" in line), str(exc).strip())
+                raise UserError(f"{adapter_dir}: adapter does not fit this model ({first.strip()[:300]})") from None
             self.adapters[adapter_dir] = name
         self.model.set_adapter(self.adapters[adapter_dir])
         return self.model
@@ -653,7 +667,7 @@ def _has_cuda() -> bool:
 
 
 def _adapter_rank(adapter_dir: Path) -> int:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
     return int(max(ranks))
 

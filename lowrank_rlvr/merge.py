@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
@@ -81,26 +80,19 @@ def export(
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
-    """The adapter's `adapter_config.json` (UserError when the folder holds no complete LoRA adapter)."""
-    config_path = adapter_dir / "adapter_config.json"
-    if not adapter_dir.is_dir():
-        raise UserError(f"adapter folder not found: {adapter_dir}")
-    if not config_path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json (expected RUN/adapter or RUN/checkpoint-N)")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    """The adapter's `adapter_config.json` (UserError when the folder holds no complete, readable LoRA adapter)."""
+    from lowrank_rlvr.files import read_adapter_config as read_checked
+
+    config = read_checked(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").exists():  # peft's legacy adapter_model.bin
         raise UserError(f"{adapter_dir}: no adapter_model.safetensors next to adapter_config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise UserError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
     return config
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output {output_dir} is a file, not a folder")
+    from lowrank_rlvr.files import writable_dir
+
+    writable_dir(output_dir, "--output")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise UserError(f"--output {output_dir} exists and is not empty (pass --overwrite to replace it)")
 
@@ -142,6 +134,7 @@ def merge_adapter(
     from rich.console import Console
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from lowrank_rlvr.files import check_model
     from lowrank_rlvr.model import resolve_model_path
 
     if dtype not in DTYPES:
@@ -163,6 +156,7 @@ def merge_adapter(
         raise UserError(f"base model {base_name!r} could not be loaded ({_first_line(exc)}); pass --base") from None
     if getattr(base_config, "quantization_config", None):
         raise UserError(f"base model {base_name!r} is stored quantized; pass --base with its 16-bit weights")
+    check_model(base_path, "base model", shown=base_name)  # truncated weights, a broken tokenizer: before loading
 
     with console.status(f"loading {base_name} in {dtype}"):
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
@@ -258,6 +252,8 @@ def count_lora_modules(adapter_dir: Path) -> int:
 def find_run(adapter_dir: Path) -> dict[str, Any]:
     """What the run folder around an adapter (RUN/adapter, RUN/checkpoint-N) tells: config, step, eval results."""
     from lowrank_rlvr.config import config_from_resolved
+    from lowrank_rlvr.data import read_jsonl
+    from lowrank_rlvr.files import read_json_object
 
     run_dir = adapter_dir.resolve().parent
     found: dict[str, Any] = {"config": None, "step": None, "eval_report": None, "eval_by_step": None}
@@ -271,16 +267,16 @@ def find_run(adapter_dir: Path) -> dict[str, Any]:
     if match:
         found["step"] = int(match.group(1))
     elif (run_dir / "metrics.jsonl").is_file():
-        lines = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        if lines:
-            found["step"] = json.loads(lines[-1]).get("step")
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        if rows:
+            found["step"] = rows[-1][1].get("step")
     # `lowrank-rlvr eval --adapter RUN/checkpoint-N` writes RUN/eval_report-checkpoint-N.json, RUN/adapter RUN/eval_report.json
     report_path = run_dir / ("eval_report-" + adapter_dir.resolve().name + ".json" if match else "eval_report.json")
     if report_path.is_file():
-        found["eval_report"] = json.loads(report_path.read_text())
+        found["eval_report"] = read_json_object(report_path, "eval report")
     if (run_dir / "eval_by_step.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "eval_by_step.jsonl").read_text().splitlines() if line.strip()]
-        found["eval_by_step"] = {row["step"]: row for row in rows}
+        rows = read_jsonl(run_dir / "eval_by_step.jsonl")
+        found["eval_by_step"] = {row["step"]: row for _, row in rows if "step" in row}
     return found
 
 

@@ -503,11 +503,13 @@ def grade_file(
     from rich.progress import Progress
 
     from lowrank_rlvr.errors import UserError
+    from lowrank_rlvr.files import atomic_output, writable_file
 
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
     input_path, output_path = Path(input_path), Path(output_path)
     rows = read_grading_rows(input_path)
+    writable_file(output_path, "--output")  # before grading, not after
     started = time.perf_counter()
     results: list[GradeResult] = []
     chunk = 256  # progress granularity; the pool is kept across chunks
@@ -518,8 +520,7 @@ def grade_file(
             results += grader.grade([row["response"] for row in batch], [row["answer"] for row in batch], kind)
             progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with output_path.open("w", encoding="utf-8") as handle:
+    with atomic_output(output_path) as staging, staging.open("w", encoding="utf-8") as handle:
         for row, result in zip(rows, results):
             handle.write(json.dumps({**row, "reward": result.reward, "extracted": result.extracted}) + "\n")
     correct = sum(result.reward for result in results)

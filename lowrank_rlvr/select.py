@@ -31,6 +31,7 @@ from typing import Any
 
 from lowrank_rlvr.data import Example, parse_row, read_rows
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import atomic_output, check_model, writable_file
 
 METHODS = ("std", "random")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
@@ -203,13 +204,13 @@ def write_selection(selected: list[Selected], output: Path, repeat: int = 1) -> 
     if repeat < 1:
         raise UserError(f"--repeat must be >= 1 (got {repeat})")
     rows = [asdict(example) for example in selected] * repeat
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".parquet":
-        import pandas as pd
+    with atomic_output(output) as staging:
+        if output.suffix == ".parquet":
+            import pandas as pd
 
-        pd.DataFrame(rows, columns=list(Selected.__dataclass_fields__)).to_parquet(output, index=False)
-    else:
-        output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            pd.DataFrame(rows, columns=list(Selected.__dataclass_fields__)).to_parquet(staging, index=False)
+        else:
+            staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return output
 
 
@@ -241,6 +242,7 @@ def estimate_history(
     from lowrank_rlvr.rewards import Grader
 
     path = resolve_model_path(model_name_or_path)
+    check_model(path, "--estimate model", shown=model_name_or_path)  # truncated weights: before loading them
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     try:
@@ -327,6 +329,15 @@ def run_select(
     for flag, value in (("--top", top), ("--rank", rank), ("--repeat", repeat)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1 (got {value})")
+    writable_file(output, "--output")
+    if estimate is not None:
+        writable_file(Path(output).with_suffix(".history.json"), "estimated history")
+        if samples < 2:
+            raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
+        if not temperature > 0:  # also refuses NaN
+            raise UserError(f"--temperature must be > 0 to sample rollouts (got {temperature})")
+        if max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})")
     pool = load_pool(pool_path)
     metrics: dict = {}
     if estimate is not None:
@@ -339,8 +350,8 @@ def run_select(
             estimate, pool, samples, template, temperature, max_new_tokens=max_new_tokens, seed=seed
         )
         history_path = Path(output).with_suffix(".history.json")
-        history_path.parent.mkdir(parents=True, exist_ok=True)
-        history_path.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
+        with atomic_output(history_path) as staging:
+            staging.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
         metrics["history_path"] = str(history_path)
     else:
         history = load_history(history_source)
