@@ -201,6 +201,8 @@ def resolve_config_path(config: str | Path | None) -> Path:
 def load_config(config: str | Path | None = None, overrides: list[str] = (), output_dir: str | None = None) -> RunConfig:
     """Read, override (`key.path=value`, value parsed as YAML) and validate; raise UserError on any problem."""
     path = resolve_config_path(config)
+    if path.is_dir():
+        raise UserError(f"{path}: config is a folder, expected a YAML file")
     if not path.is_file():
         raise UserError(f"config not found: {path}")
     from lowrank_rlvr.files import read_text

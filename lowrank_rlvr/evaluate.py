@@ -275,6 +275,8 @@ def run_sweep(
     from lowrank_rlvr.model import resolve_model_path
 
     run = Path(run_dir).expanduser()
+    if run.is_file():
+        raise UserError(f"{run}: run folder is a file, expected a folder")
     if not run.is_dir():
         raise UserError(f"run folder not found: {run}")
     run_settings = _run_settings(run)
@@ -442,7 +444,12 @@ def _run_settings(run: Path) -> dict:
     path = run / "config.yaml"
     if not path.is_file():
         return {}
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(read_text(path, "run config")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: run config is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: run config must be a mapping of settings")
     return {
         "model": (raw.get("model") or {}).get("name_or_path"),
         "template": (raw.get("data") or {}).get("template"),

@@ -9,7 +9,7 @@ before any work. `errors.input_error` at the CLI boundary is the safety net for 
 - outputs that cannot be written (a path under a regular file, a read-only folder, a folder where a file goes and
   back): `writable_file`, `writable_dir`, called before the work, not discovered after it;
 - files that are not what they claim (truncated, corrupted, binary, the wrong JSON shape): `read_text`, `read_json`,
-  `read_parquet`, `check_safetensors`, `check_model`, `read_adapter_config`;
+  `read_parquet`, `check_safetensors`, `check_model`, `read_adapter_config`, `check_checkpoint`;
 - nothing half-written: `atomic_output` (a staging file beside the target, renamed over it only once complete),
   `appended_log` (a resumable log that a failed first attempt does not leave behind empty).
 
@@ -202,6 +202,30 @@ def check_model(name_or_path: str, what: str = "model", shown: str | None = None
             read_json_object(folder / name, f"{what} {name}")
     for weights in sorted(folder.glob("*.safetensors")):
         check_safetensors(weights, f"{what} weights")
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Every file a resume reads from a training checkpoint parses: safetensors headers, JSON files, and torch's
+    archives (optimizer, scheduler, RNG state, training arguments: `torch.save` writes a zip whose directory sits at
+    the end, so a truncated one has none). A damaged file names the checkpoint to delete to resume from the one
+    before it."""
+    import zipfile
+
+    hint = f"delete {folder} to resume from the checkpoint before it"
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                check_safetensors(path, "checkpoint weights")
+            elif path.suffix == ".json":
+                read_json(path, "checkpoint file")
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                try:
+                    with zipfile.ZipFile(path):
+                        pass
+                except (zipfile.BadZipFile, OSError):
+                    raise UserError(f"{path}: checkpoint file is truncated or corrupted (not a torch archive)") from None
+        except UserError as exc:
+            raise UserError(f"{exc}; {hint}") from None
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:

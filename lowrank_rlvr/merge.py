@@ -267,7 +267,10 @@ def find_run(adapter_dir: Path) -> dict[str, Any]:
     if match:
         found["step"] = int(match.group(1))
     elif (run_dir / "metrics.jsonl").is_file():
-        rows = read_jsonl(run_dir / "metrics.jsonl")
+        try:
+            rows = read_jsonl(run_dir / "metrics.jsonl")
+        except UserError:  # a torn last line (a run still writing) only costs the card its step, like the config
+            rows = []
         if rows:
             found["step"] = rows[-1][1].get("step")
     # `lowrank-rlvr eval --adapter RUN/checkpoint-N` writes RUN/eval_report-checkpoint-N.json, RUN/adapter RUN/eval_report.json

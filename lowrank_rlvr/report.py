@@ -62,6 +62,8 @@ class RunLogs:
 
 def read_run(run_dir: Path) -> RunLogs:
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise UserError(f"{run_dir}: run folder is a file, expected a folder")
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
     metrics_path = run_dir / "metrics.jsonl"

@@ -476,8 +476,9 @@ def read_grading_rows(path: Path) -> list[dict]:
     """Rows of INPUT.jsonl; UserError naming the file and line for non-JSON lines or a missing/ill-typed field."""
     from lowrank_rlvr.errors import UserError
 
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    from lowrank_rlvr.files import expect_file
+
+    expect_file(path, "input")  # missing, or a folder
     from lowrank_rlvr.data import read_jsonl  # data imports this module: import at call time
 
     rows = []

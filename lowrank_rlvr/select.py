@@ -104,6 +104,8 @@ def load_pool(path: Path) -> list[Example]:
     row wins). Rows without a gold answer are kept with `answer == ""`: DSR-sub has one (index 265), and a history
     of the pool lists it; `select_examples` leaves such examples out of the ranking."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: pool is a folder, expected a .jsonl or .parquet file")
     if not path.is_file():
         raise UserError(f"pool not found: {path}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):

@@ -121,6 +121,17 @@ def bad(tmp_path_factory, tiny_model: Path, tiny_adapter: Path, shared_data: Pat
     paths.a_folder = root / "a-folder"
     paths.a_folder.mkdir()
     (root / "a-folder.jsonl").mkdir()
+    paths.run_damaged_checkpoint = root / "run-damaged-checkpoint"  # train --resume: the newest checkpoint is damaged
+    for step in (1, 2):
+        shutil.copytree(tiny_adapter, paths.run_damaged_checkpoint / f"checkpoint-{step}")
+        (paths.run_damaged_checkpoint / f"checkpoint-{step}" / "checkpoint_complete").write_text("")
+    import torch
+
+    torch.save({"state": {0: {"exp_avg": torch.zeros(256)}}}, paths.run_damaged_checkpoint / "checkpoint-2" / "optimizer.pt")
+    _truncate(paths.run_damaged_checkpoint / "checkpoint-2" / "optimizer.pt")
+    paths.sweep_run_binary_config = root / "sweep-run-binary-config"  # eval --run reads the run's config.yaml
+    shutil.copytree(tiny_adapter, paths.sweep_run_binary_config / "checkpoint-1")
+    (paths.sweep_run_binary_config / "config.yaml").write_bytes(b"\xff\xfe\x00\x01")
     paths.sweep_run = root / "sweep-run"  # eval --run over a checkpoint whose weights are truncated
     paths.sweep_run.mkdir()
     shutil.copytree(paths.adapter_truncated, paths.sweep_run / "checkpoint-1")
@@ -187,6 +198,9 @@ DAMAGED_FILES = {
         ["adapter_config.json", "target_modules"]),
     "eval-run-checkpoint-truncated": (
         lambda b, out: _eval(b, b.tiny_model, "--run", b.sweep_run), ["checkpoint-1/adapter_model.safetensors"]),
+    "eval-run-config-binary": (
+        lambda b, out: ["eval", *EVAL, "--data-dir", b.benchmarks, "--run", b.sweep_run_binary_config],
+        ["sweep-run-binary-config/config.yaml", "UTF-8"]),
     "eval-model-truncated-weights": (
         lambda b, out: _eval(b, b.model_truncated, "-o", out / "r.json"), ["model-truncated/model.safetensors"]),
     "eval-benchmark-broken-line": (
@@ -224,6 +238,9 @@ DAMAGED_FILES = {
         ["model-truncated/model.safetensors"]),
     "train-resume-damaged-run-config": (
         lambda b, out: [*TINY_TRAIN, "-o", b.run_broken_config, "--resume"], ["run-broken-config/config.yaml"]),
+    "train-resume-truncated-optimizer-state": (
+        lambda b, out: [*TINY_TRAIN, "-o", b.run_damaged_checkpoint, "--resume"],
+        ["checkpoint-2/optimizer.pt", "truncated", "to resume from the checkpoint before it"]),
     "plan-config-binary": (lambda b, out: ["plan", b.config_binary], ["config.yaml"]),
 }
 
@@ -233,17 +250,21 @@ WRONG_KIND = {
     "merge-output-is-a-file": (lambda b, out: ["merge", b.adapter, "-o", b.a_file], ["a-file.txt", "is a file"]),
     "merge-adapter-weights-are-a-folder": (
         lambda b, out: ["merge", b.adapter_weights_folder, "-o", out / "m"], ["adapter_model.safetensors", "folder"]),
-    "eval-model-is-a-file": (lambda b, out: _eval(b, b.a_file, "-o", out / "r.json"), ["a-file.txt"]),
+    "eval-model-is-a-file": (lambda b, out: _eval(b, b.a_file, "-o", out / "r.json"), ["a-file.txt", "is a file"]),
+    "eval-data-dir-is-a-file": (
+        lambda b, out: _eval(b, b.tiny_model, "--data-dir", b.a_file, "-o", out / "r.json"), ["a-file.txt", "is a file"]),
     "eval-output-is-a-folder": (
         lambda b, out: _eval(b, b.tiny_model, "-o", b.a_folder), ["a-folder", "is a folder"]),
-    "eval-run-is-a-file": (lambda b, out: ["eval", *EVAL, "--data-dir", b.benchmarks, "--run", b.a_file], ["a-file.txt"]),
+    "eval-run-is-a-file": (lambda b, out: ["eval", *EVAL, "--data-dir", b.benchmarks, "--run", b.a_file], ["a-file.txt", "is a file"]),
     "select-pool-is-a-folder": (
-        lambda b, out: ["select", b.history, "--pool", b.a_folder, "-o", out / "s.jsonl"], ["a-folder"]),
+        lambda b, out: ["select", b.history, "--pool", b.a_folder, "-o", out / "s.jsonl"], ["a-folder", "is a folder"]),
     "select-output-is-a-folder": (
         lambda b, out: ["select", b.history, "--pool", b.pool, "-o", b.root / "a-folder.jsonl"], ["a-folder.jsonl"]),
-    "grade-input-is-a-folder": (lambda b, out: ["grade", b.a_folder, "-o", out / "g.jsonl"], ["a-folder"]),
+    "grade-input-is-a-folder": (lambda b, out: ["grade", b.a_folder, "-o", out / "g.jsonl"], ["a-folder", "is a folder"]),
     "grade-output-is-a-folder": (lambda b, out: ["grade", b.responses, "-o", b.a_folder], ["a-folder", "is a folder"]),
-    "report-run-is-a-file": (lambda b, out: ["report", b.a_file], ["a-file.txt"]),
+    "report-run-is-a-file": (lambda b, out: ["report", b.a_file], ["a-file.txt", "is a file"]),
+    "train-config-is-a-folder": (lambda b, out: ["train", b.a_folder, "-o", out / "run"], ["a-folder", "is a folder"]),
+    "plan-config-is-a-folder": (lambda b, out: ["plan", b.a_folder], ["a-folder", "is a folder"]),
     "report-output-is-a-file": (lambda b, out: ["report", b.run, "-o", b.a_file], ["a-file.txt", "is a file"]),
 }
 
