@@ -367,6 +367,22 @@ def test_a_usage_error_is_one_line_too(cli, args, named):
     assert named.lower() in line.lower() and "--help" in line
 
 
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda b, out: _eval(b, "nobody/no-such-model", "-o", out / "r.json"),
+        lambda b, out: ["select", "--estimate", "nobody/no-such-model", "--pool", b.pool, "-o", out / "s.jsonl"],
+        lambda b, out: [*TINY_TRAIN, "--set", "model.name_or_path=nobody/no-such-model", "-o", out / "run"],
+        lambda b, out: ["merge", b.adapter, "-o", out / "m", "--base", "nobody/no-such-model"],
+    ],
+    ids=["eval", "select-estimate", "train", "merge-base"],
+)
+def test_a_hub_model_that_cannot_be_fetched_is_one_line(cli, bad, tmp_path, build):
+    """Offline (conftest sets HF_HUB_OFFLINE=1) and not cached: the Hub id is named, nothing is written."""
+    assert_one_line_error(_invoke(cli, build(bad, tmp_path)), "nobody/no-such-model")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_adapter_that_does_not_fit_the_model_fails_in_one_line_and_leaves_no_output(cli, bad, tmp_path):
     """Found only when peft loads it (the config says r=4, the weights r=8): after the model loads, before any
     response is written; the responses file the failed attempt opened is not left behind empty."""
@@ -379,12 +395,20 @@ def test_an_adapter_that_does_not_fit_the_model_fails_in_one_line_and_leaves_no_
 
 
 def test_debug_switch_shows_the_traceback(cli, bad, tmp_path):
-    args = ["grade", bad.jsonl_broken, "-o", tmp_path / "g.jsonl"]
-    result = _invoke(cli, ["--debug", *args])
+    """`--debug` (or LOWRANK_RLVR_DEBUG=1) re-raises: the real console script prints Python's traceback."""
+    import subprocess
+    import sys
+
+    args = ["grade", str(bad.jsonl_broken), "-o", str(tmp_path / "g.jsonl")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lowrank_rlvr.cli", "--debug", *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):")
+    assert "lowrank_rlvr.errors.UserError: " in proc.stderr and "broken.jsonl: line 2" in proc.stderr
+    result = cli.invoke(app, args, env={"LOWRANK_RLVR_DEBUG": "1"})
     assert result.exit_code == 1 and type(result.exception).__name__ == "UserError"
-    assert "broken.jsonl: line 2" in str(result.exception)
-    result = cli.invoke(app, [str(arg) for arg in args], env={"LOWRANK_RLVR_DEBUG": "1"})
-    assert result.exit_code == 1 and type(result.exception).__name__ == "UserError"
+    assert_one_line_error(cli.invoke(app, args, env={"LOWRANK_RLVR_DEBUG": "0"}), bad.jsonl_broken)
 
 
 def test_the_boundary_translates_input_errors_and_keeps_bugs(tmp_path):
@@ -393,14 +417,15 @@ def test_the_boundary_translates_input_errors_and_keeps_bugs(tmp_path):
     from lowrank_rlvr.errors import input_error
 
     (tmp_path / "a-file").write_text("")
-    try:
-        (tmp_path / "a-file" / "x").write_text("")  # a real NotADirectoryError, as a library would meet it
-    except OSError as exc:
-        assert input_error(exc) == f"{tmp_path / 'a-file' / 'x'}: Not a directory"
-    try:
+    with pytest.raises(OSError) as under_a_file:  # a real NotADirectoryError, as a library would meet it
+        (tmp_path / "a-file" / "x").write_text("")
+    assert input_error(under_a_file.value) == f"{tmp_path / 'a-file' / 'x'}: Not a directory"
+    with pytest.raises(IsADirectoryError) as folder_as_file:
+        tmp_path.read_text()
+    assert input_error(folder_as_file.value) == f"{tmp_path}: Is a directory"
+    with pytest.raises(json.JSONDecodeError) as not_json:
         json.loads('{"a": ')
-    except json.JSONDecodeError as exc:
-        assert "not valid JSON: line 1" in input_error(exc) and "--debug" in input_error(exc)
+    assert "not valid JSON: line 1" in input_error(not_json.value) and "--debug" in input_error(not_json.value)
     assert input_error(KeyError("peft_type")) is None
     assert input_error(RuntimeError("size mismatch")) is None
     assert input_error(OSError("no file name: a library's own failure")) is None
