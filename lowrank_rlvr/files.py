@@ -62,16 +62,18 @@ def writable_file(path: str | Path, what: str) -> Path:
 
     Root ignores permission bits, so the checks that matter in practice are the kind of each path component (a
     regular file cannot hold `out.jsonl`) and a read-only file system, which `os.access` reports even to root.
+    The folder that holds the file must be writable even when the file exists: `atomic_output` writes beside it.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{path}: {what} is a folder, expected a file")
-    _check_creatable(path, what)
+    _check_creatable(path.parent if path.exists() else path, what)
     return path
 
 
 def writable_dir(path: str | Path, what: str) -> Path:
-    """An output folder we are about to create or write into: not a file, and creatable where it is."""
+    """An output folder we are about to create or write into: not a file, and creatable where it is (a folder
+    that is replaced whole, like merge's, also needs its parent: check that with `writable_dir(path.parent)`)."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: {what} is a file, expected a folder")

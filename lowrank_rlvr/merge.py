@@ -93,6 +93,7 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     from lowrank_rlvr.files import writable_dir
 
     writable_dir(output_dir, "--output")
+    writable_dir(output_dir.parent, "--output's parent folder")  # the merge is staged beside it, then renamed
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise UserError(f"--output {output_dir} exists and is not empty (pass --overwrite to replace it)")
 
