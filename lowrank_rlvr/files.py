@@ -14,9 +14,9 @@ before any work. `errors.input_error` at the CLI boundary is the safety net for 
   `appended_log` (a resumable log that a failed first attempt does not leave behind empty).
 
 Example:
-    >>> read_json(Path("history.json"), "history")   # a file cut off mid-write
+    >>> read_json(Path("history.json"), "history")   # '{"0": [0.5,' : cut off mid-write
     Traceback (most recent call last):
-    lowrank_rlvr.errors.UserError: history.json: line 3: not valid JSON (Expecting ',' delimiter)
+    lowrank_rlvr.errors.UserError: history.json: line 1: history is not valid JSON (Expecting value)
 """
 
 from __future__ import annotations
