@@ -75,6 +75,8 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Proble
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r}: choose from {', '.join(BENCHMARKS)}")
     if data_dir is not None:
+        if Path(data_dir).expanduser().is_file():
+            raise UserError(f"{data_dir}: --data-dir is a file, expected a folder of <benchmark>.jsonl files")
         path = Path(data_dir).expanduser() / f"{name}.jsonl"
         if not path.is_file():
             raise UserError(f"benchmark file not found: {path}")

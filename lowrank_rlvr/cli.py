@@ -1,23 +1,66 @@
 """`lowrank-rlvr`: parse the command line, call one function, print. Nothing else lives here.
 
 Heavy libraries (torch, transformers, trl) are imported inside the commands, so `--help` and input errors are fast.
-Bad input raises `UserError` anywhere below; `_fail_cleanly` turns it into `error: ...` and exit code 2.
+Every bad input ends as one line, `error: ...`, and exit code 2:
+- `UserError`, raised where an input enters (`lowrank_rlvr.files`) or is validated, is printed by `_fail_cleanly`;
+- an exception that escapes from a library but says the input is at fault (an `OSError` naming a file, a parser's
+  complaint: `errors.input_error`) is printed the same way; anything else is a bug and keeps its traceback;
+- a usage error (a missing argument, `--workers 0`, `--temperature nan`) is one line too, not Typer's framed panel.
+`--debug` (or `LOWRANK_RLVR_DEBUG=1`) shows the full traceback of every error instead, `UserError` included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
+
+# typer 0.29 (pinned) parses with its own vendored copy of click, `typer._click`: its exceptions and context stack,
+# not the `click` package's, are the ones raised and kept while a command runs.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer._click.globals import get_current_context
+
+from lowrank_rlvr.errors import UserError, input_error
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line():
+    try:
+        yield
+    except NoArgsIsHelpError:  # `lowrank-rlvr` alone: the help page, as Typer shows it
+        raise
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "lowrank-rlvr"
+        typer.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+        raise typer.Exit(2) from None
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Typer prints a usage error as a framed panel of four lines; we print the one line all bad input gets.
+
+    Options are parsed in `make_context` (the group's own) and in `invoke` (the command's, and the command's name).
+    """
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
 
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
-from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     help="One-shot RLVR (GRPO on one math example) with low-rank adapters on a single GPU.",
     no_args_is_help=True,
     add_completion=False,
@@ -26,11 +69,22 @@ app = typer.Typer(
 
 
 @app.callback()
-def _quiet_libraries() -> None:
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of any error, bad input included (also LOWRANK_RLVR_DEBUG=1)."
+    ),
+) -> None:
     # bitsandbytes 0.50.2 warns on every CPU import that an optional `kernels` package is missing; it changes nothing.
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def _debugging() -> bool:
+    if os.environ.get("LOWRANK_RLVR_DEBUG", "") not in ("", "0"):
+        return True
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
 
 
 def _fail_cleanly(command):
@@ -39,10 +93,25 @@ def _fail_cleanly(command):
         try:
             return command(*args, **kwargs)
         except UserError as exc:
+            if _debugging():
+                raise
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            message = input_error(exc)
+            if message is None or _debugging():
+                raise
+            typer.echo(f"error: {message}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """Option callback: 'nan' and 'inf' parse as floats but are never a setting."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _not_implemented(name: str) -> None:
@@ -74,8 +143,8 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: download from the Hub)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (default 1.0)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", callback=_finite, help="Nucleus sampling (default 1.0)."),
     max_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-tokens", help="Maximum new tokens per response."),
     template: Optional[str] = typer.Option(None, "--template", help="qwen-math-cot (default; with --run: the run's), chat or plain."),
     backend: str = typer.Option("auto", "--backend", help="vllm, hf (transformers generate) or auto (vllm when installed)."),
@@ -137,7 +206,7 @@ def select(
     samples: int = typer.Option(8, "--samples", help="--estimate: rollouts per pool example."),
     limit: Optional[int] = typer.Option(None, "--limit", help="--estimate: only the first N pool examples."),
     template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="--estimate: qwen-math-cot, chat or plain."),
-    temperature: float = typer.Option(PAPER_TEMPERATURE, "--temperature", help="--estimate: sampling temperature."),
+    temperature: float = typer.Option(PAPER_TEMPERATURE, "--temperature", callback=_finite, help="--estimate: sampling temperature."),
     max_new_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-new-tokens", help="--estimate: tokens per rollout."),
 ) -> None:
     """Rank pool examples by historical variance score and write the chosen one(s)."""
@@ -156,7 +225,7 @@ def grade(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl: one JSON object per line with 'response' and 'answer'."),
     output: Path = typer.Option(..., "--output", "-o", help="Input lines plus 'reward' and 'extracted', in order."),
     workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--timeout", min=0.01, help="Hard time limit in seconds per response."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--timeout", min=0.01, callback=_finite, help="Hard time limit in seconds per response."),
     kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
 ) -> None:
     """Grade a JSONL of responses against answers with the training reward."""
@@ -170,7 +239,7 @@ def grade(
 def plan(
     config: Optional[str] = typer.Argument(None, help="YAML config path or shipped name (default: qwen2.5-math-1.5b-pi1)."),
     gpu_memory: Optional[float] = typer.Option(
-        None, "--gpu-memory", help="GPU memory in GiB as the driver reports it (default: the detected GPU, else 24)."
+        None, "--gpu-memory", callback=_finite, help="GPU memory in GiB as the driver reports it (default: the detected GPU, else 24)."
     ),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting: --set grpo.max_completion_length=2048."),
     env: bool = typer.Option(False, "--env", help="Report versions, the GPU and the backend 'auto' picks, then exit."),
@@ -202,7 +271,7 @@ def configs() -> None:
 def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by `lowrank-rlvr train` (metrics.jsonl, ...)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default RUN_DIR/report)."),
-    threshold: float = typer.Option(0.95, "--threshold", help="Training accuracy that counts as saturated."),
+    threshold: float = typer.Option(0.95, "--threshold", callback=_finite, help="Training accuracy that counts as saturated."),
     window: int = typer.Option(10, "--window", help="Logged steps averaged for the saturation test and smoothing."),
 ) -> None:
     """Plot training vs held-out accuracy, entropy, length and reflection words; write a one-page HTML."""

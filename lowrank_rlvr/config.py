@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import read_text
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 from lowrank_rlvr.shipped import config_dir
 
@@ -239,10 +240,12 @@ def load_config(
     """Read, override (`key.path=value`, value parsed as YAML) and validate for `world_size` processes; raise
     UserError on any problem."""
     path = resolve_config_path(config)
+    if path.is_dir():
+        raise UserError(f"{path}: config is a folder, expected a YAML file")
     if not path.is_file():
         raise UserError(f"config not found: {path} (`lowrank-rlvr configs` lists the shipped ones, usable by name)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text(path, "config"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -89,11 +89,11 @@ def load_examples(data: DataSettings) -> list[Example]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a .jsonl or .parquet file as dicts (UserError naming the line for broken JSON)."""
+    """Rows of a .jsonl or .parquet file as dicts (UserError naming the file: a broken line, a truncated parquet)."""
     if path.suffix == ".parquet":
-        import pandas as pd
+        from lowrank_rlvr.files import read_parquet
 
-        return pd.read_parquet(path).to_dict(orient="records")
+        return read_parquet(path, "data file")
     return [row for _, row in read_jsonl(path)]
 
 

@@ -30,10 +30,11 @@ from typing import Any, Iterator
 from lowrank_rlvr.benchmarks import Problem, load_benchmark, parse_benchmarks
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
 from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader
-from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, atomic_write_text, read_jsonl
+from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, read_jsonl
 
 GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench")
 SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
@@ -46,7 +47,7 @@ def protocol_sampling(
     """The paper's setting for benchmark `name`, with any flag the user gave taking precedence."""
     greedy = name in GREEDY_BENCHMARKS
     temp = temperature if temperature is not None else (0.0 if greedy else PAPER_TEMPERATURE)
-    if temp < 0:
+    if not temp >= 0:  # also refuses NaN
         raise UserError(f"--temperature must be >= 0 (got {temp})")
     count = samples if samples is not None else (1 if greedy or temp == 0 else SAMPLED_COUNT)
     if count < 1:
@@ -91,7 +92,8 @@ def read_records(path: Path) -> list[dict]:
         return []
     records = [record for _, record in read_jsonl(path, torn_tail_ok=True)]
     if _has_torn_tail(path):
-        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+        with atomic_output(path) as staging:
+            staging.write_text("".join(json.dumps(record) + "\n" for record in records))
     return records
 
 
@@ -222,7 +224,9 @@ def run_eval(
     adapter_dirs = [adapter_dir] if adapter_dir else []
     backend = choose_sampler(backend, adapter_dirs)  # before any download
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
-    report_path = Path(output) if output is not None else default_output(adapter_dir)
+    report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
+    writable_file(responses_path(report_path), "responses file")
+    check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
     generator = open_generator(backend, resolve_model_path(model), adapter_dirs, seed, batch_size)
     with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
         return evaluate_suite(
@@ -252,6 +256,8 @@ def run_sweep(
     from lowrank_rlvr.model import resolve_model_path
 
     run = RunFolder(run_dir)
+    if run.path.is_file():
+        raise UserError(f"{run.path}: run folder is a file, expected a folder")
     if not run.path.is_dir():
         raise UserError(f"run folder not found: {run.path}")
     cfg = run.read_config()
@@ -266,8 +272,11 @@ def run_sweep(
         raise UserError(f"{run.path}: cannot tell the base model (no config.yaml); give MODEL")
     template = template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
     names = parse_benchmarks(benchmarks)
-    backend = choose_sampler(backend, [d for _, d in steps])  # before any download
+    backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
     suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
+    writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
+    writable_file(run.eval_by_step_path, "sweep results file")
+    check_model(resolve_model_path(model), "model", shown=model)
     generator = open_generator(backend, resolve_model_path(model), [d for _, d in steps], seed, batch_size)
     lines: list[dict] = []
     with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
@@ -309,7 +318,7 @@ def evaluate_suite(
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     console = Console(stderr=True)
-    with jsonl.open("a") as sink, Progress(
+    with appended_log(jsonl) as sink, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
     ) as progress:
         for name, problems, sampling in suite:
@@ -347,8 +356,8 @@ def evaluate_suite(
             "report": str(report_path), "responses": str(jsonl),
         },
     }
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_output(report_path) as staging:
+        staging.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -369,8 +378,9 @@ def _check_adapter(adapter: str | None) -> Path | None:
     if adapter is None:
         return None
     adapter_dir = Path(adapter).expanduser()
-    if not (adapter_dir / "adapter_config.json").is_file():
+    if not (adapter_dir / "adapter_config.json").exists():
         raise UserError(f"--adapter {adapter}: no adapter_config.json there (give a peft adapter folder)")
+    read_adapter_config(adapter_dir)  # a damaged config or truncated weights fail here, before the model loads
     return adapter_dir.resolve()
 
 
@@ -398,6 +408,6 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def _adapter_base(adapter_dir: Path) -> str | None:
-    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return read_adapter_config(adapter_dir).get("base_model_name_or_path")
 
 

@@ -15,12 +15,12 @@ greedy decoding is one sample at temperature 0 on both backends, so they agree t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import read_adapter_config
 from lowrank_rlvr.runtime import cuda_available
 
 MAX_CONTEXT = 32768
@@ -66,7 +66,7 @@ def choose_sampler(requested: str, adapter_dirs: list[Path]) -> str:
 
 def vllm_unsupported_modules(adapter_dir: Path) -> list[str]:
     """Modules of a peft adapter that vLLM's LoRA does not cover (lm_head, embeddings, fully trained modules)."""
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     names = [t for t in targets if any(word in t for word in VLLM_LORA_UNSUPPORTED)]
@@ -202,10 +202,14 @@ class HFGenerator:
 
         if adapter_dir not in self.adapters:
             name = f"adapter{len(self.adapters)}"
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(adapter_dir), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(adapter_dir), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
+            except (RuntimeError, ValueError) as exc:  # peft: size mismatch, target modules not in this model
+                first = next((line for line in str(exc).splitlines() if "size mismatch" in line), str(exc).strip())
+                raise UserError(f"{adapter_dir}: adapter does not fit this model ({first.strip()[:300]})") from None
             self.adapters[adapter_dir] = name
         self.model.set_adapter(self.adapters[adapter_dir])
         return self.model
@@ -276,7 +280,7 @@ class VLLMGenerator:
 
 
 def _adapter_rank(adapter_dir: Path) -> int:
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = read_adapter_config(adapter_dir)
     ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
     return int(max(ranks))
 

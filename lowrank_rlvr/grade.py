@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import atomic_output, expect_file, writable_file
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, KINDS, Grader, GradeResult
 from lowrank_rlvr.runs import read_jsonl
 
 
 def read_grading_rows(path: Path) -> list[dict]:
     """Rows of INPUT.jsonl; UserError naming the file and line for non-JSON lines or a missing/ill-typed field."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    expect_file(path, "input")  # missing, or a folder
     rows = []
     for line_number, row in read_jsonl(path):
         for field in ("response", "answer"):
@@ -45,6 +45,7 @@ def grade_file(
         raise UserError(f"--kind must be one of {', '.join(KINDS)} (got {kind!r})")
     input_path, output_path = Path(input_path), Path(output_path)
     rows = read_grading_rows(input_path)
+    writable_file(output_path, "--output")  # before grading, not after
     started = time.perf_counter()
     results: list[GradeResult] = []
     chunk = 256  # progress granularity; the pool is kept across chunks
@@ -55,8 +56,7 @@ def grade_file(
             results += grader.grade([row["response"] for row in batch], [row["answer"] for row in batch], kind)
             progress.advance(task, len(batch))
     seconds = time.perf_counter() - started
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with output_path.open("w", encoding="utf-8") as handle:
+    with atomic_output(output_path) as staging, staging.open("w", encoding="utf-8") as handle:
         for row, result in zip(rows, results):
             handle.write(json.dumps({**row, "reward": result.reward, "extracted": result.extracted}) + "\n")
     correct = sum(result.reward for result in results)

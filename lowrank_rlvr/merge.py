@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.runs import RunFolder, read_json
+from lowrank_rlvr.files import read_json_object
+from lowrank_rlvr.runs import RunFolder
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 CARD_TAGS = ["lowrank-rlvr", "rlvr", "grpo", "one-shot-rlvr", "lora", "math", "reasoning"]
@@ -82,26 +82,20 @@ def export(
 
 
 def read_adapter_config(adapter_dir: Path) -> dict:
-    """The adapter's `adapter_config.json` (UserError when the folder holds no complete LoRA adapter)."""
-    config_path = adapter_dir / "adapter_config.json"
-    if not adapter_dir.is_dir():
-        raise UserError(f"adapter folder not found: {adapter_dir}")
-    if not config_path.is_file():
-        raise UserError(f"{adapter_dir}: no adapter_config.json (expected RUN/adapter or RUN/checkpoint-N)")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    """The adapter's `adapter_config.json` (UserError when the folder holds no complete, readable LoRA adapter)."""
+    from lowrank_rlvr.files import read_adapter_config as read_checked
+
+    config = read_checked(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").exists():  # peft's legacy adapter_model.bin
         raise UserError(f"{adapter_dir}: no adapter_model.safetensors next to adapter_config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{config_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if config.get("peft_type", "LORA") != "LORA":
-        raise UserError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
     return config
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output {output_dir} is a file, not a folder")
+    from lowrank_rlvr.files import writable_dir
+
+    writable_dir(output_dir, "--output")
+    writable_dir(output_dir.parent, "--output's parent folder")  # the merge is staged beside it, then renamed
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise UserError(f"--output {output_dir} exists and is not empty (pass --overwrite to replace it)")
 
@@ -143,6 +137,7 @@ def merge_adapter(
     from rich.console import Console
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from lowrank_rlvr.files import check_model
     from lowrank_rlvr.model import resolve_model_path
 
     if dtype not in DTYPES:
@@ -164,6 +159,7 @@ def merge_adapter(
         raise UserError(f"base model {base_name!r} could not be loaded ({_first_line(exc)}); pass --base") from None
     if getattr(base_config, "quantization_config", None):
         raise UserError(f"base model {base_name!r} is stored quantized; pass --base with its 16-bit weights")
+    check_model(base_path, "base model", shown=base_name)  # truncated weights, a broken tokenizer: before loading
 
     with console.status(f"loading {base_name} in {dtype}"):
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
@@ -272,7 +268,7 @@ def find_run(adapter_dir: Path) -> dict[str, Any]:
         found["step"] = metrics[-1]["step"] if metrics else None
     report_path = run.eval_report_for(adapter_dir)
     if report_path.is_file():
-        found["eval_report"] = read_json(report_path)
+        found["eval_report"] = read_json_object(report_path, "eval report")
     found["eval_by_step"] = {row["step"]: row for row in run.read_eval_by_step()} or None
     return found
 

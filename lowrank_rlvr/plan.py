@@ -558,8 +558,8 @@ def _divisors(n: int) -> list[int]:
 def plan_command(config: str | None, overrides: list[str], gpu_memory: float | None) -> tuple[str, int]:
     """Text to print and the exit code: 0 fits, 3 does not fit."""
     cfg = load_config(config, overrides)
-    if gpu_memory is not None and gpu_memory <= 0:
-        raise UserError(f"--gpu-memory must be positive (got {gpu_memory})")
+    if gpu_memory is not None and not 0 < gpu_memory < math.inf:  # also refuses NaN
+        raise UserError(f"--gpu-memory must be a positive number (got {gpu_memory})")
     gpu_gib, gpu_source = (gpu_memory, "--gpu-memory") if gpu_memory is not None else detect_gpu_gib()
     shape = model_shape(cfg.model.name_or_path)
     inputs = plan_inputs(cfg, gpu_gib)

@@ -34,6 +34,7 @@ from pathlib import Path
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
+from lowrank_rlvr.files import writable_dir
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
     "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
     "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
@@ -61,6 +62,8 @@ class RunLogs:
 
 def read_run(run_dir: Path) -> RunLogs:
     run = RunFolder(run_dir)
+    if run.path.is_file():
+        raise UserError(f"{run.path}: run folder is a file, expected a folder")
     if not run.path.is_dir():
         raise UserError(f"run folder not found: {run.path}")
     if not run.metrics_path.is_file():
@@ -300,7 +303,7 @@ def build_report(
     if window < 1:
         raise UserError(f"--window must be >= 1 (got {window})")
     logs = read_run(Path(run_dir))
-    output_dir = Path(output_dir) if output_dir else RunFolder(logs.run_dir).report_dir
+    output_dir = writable_dir(Path(output_dir) if output_dir else RunFolder(logs.run_dir).report_dir, "report folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(logs, threshold, window)
     figures = [("accuracy", plot_accuracy(logs, summary, output_dir / "accuracy.png"))]

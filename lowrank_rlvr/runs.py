@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import atomic_output, read_json, read_text
 
 COMPLETE_MARKER = "checkpoint_complete"
 EVAL_REPORT = "eval_report.json"  # also `eval`'s default output outside a run folder
@@ -153,7 +154,7 @@ class RunFolder:
 
         self.path.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump({**cfg.model_dump(mode="json"), "resolved": resolved}, sort_keys=False)
-        atomic_write_text(self.config_path, text)  # the other processes may read it at the same time (--resume)
+        _write(self.config_path, text)  # atomic: the other processes may read it at the same time (--resume)
         return self.config_path
 
     def read_config(self) -> Any | None:
@@ -165,7 +166,7 @@ class RunFolder:
         import yaml
 
         try:
-            raw = yaml.safe_load(self.config_path.read_text())
+            raw = yaml.safe_load(read_text(self.config_path, "run config"))
         except yaml.YAMLError as exc:
             raise UserError(f"{self.config_path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
         if not isinstance(raw, dict):
@@ -187,19 +188,19 @@ class RunFolder:
     def keep_metrics_through(self, step: int | None) -> None:
         """Forget what was logged after `step` (None: everything): those steps are trained again."""
         kept = [] if step is None else [row for row in self.read_metrics() if row["step"] <= step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        _write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # -- history.json --------------------------------------------------------------------------------------------
     def read_history(self) -> dict[str, list[float]]:
         if not self.history_path.is_file():
             return {}
-        history = read_json(self.history_path)
+        history = read_json(self.history_path, "history")
         if not isinstance(history, dict):
             raise UserError(f"{self.history_path}: expected a JSON object mapping example index to accuracies")
         return history
 
     def write_history(self, history: dict[str, list[float]]) -> None:
-        atomic_write_text(self.history_path, json.dumps(history, indent=1))
+        _write(self.history_path, json.dumps(history, indent=1))
 
     # -- eval_by_step.jsonl --------------------------------------------------------------------------------------
     def read_eval_by_step(self) -> list[dict]:
@@ -208,7 +209,7 @@ class RunFolder:
         return _by_step(self.eval_by_step_path, read_jsonl(self.eval_by_step_path, torn_tail_ok=True))
 
     def write_eval_by_step(self, lines: list[dict]) -> None:
-        atomic_write_text(self.eval_by_step_path, "".join(json.dumps(line) + "\n" for line in lines))
+        _write(self.eval_by_step_path, "".join(json.dumps(line) + "\n" for line in lines))
 
     # -- adapter/ ------------------------------------------------------------------------------------------------
     def staging_adapter_dir(self) -> Path:
@@ -236,11 +237,7 @@ def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]
     `torn_tail_ok`: a last line without its newline that is not valid JSON is skipped (a job writing the file was
     killed mid-line, or is writing it right now). Everywhere else a broken line is the user's to fix.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    lines = text.split("\n")
+    lines = read_text(path, "JSONL file").split("\n")  # "\n" only: splitlines would split inside JSON strings
     rows = []
     for line_number, line in enumerate(lines, 1):
         if not line.strip():
@@ -257,18 +254,6 @@ def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]
     return rows
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's content; UserError naming the file (and line) when it is not JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a staging file renamed over `path`: readers see the old file or the new one, never half."""
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(text)
-    staging.replace(path)
+def _write(path: Path, text: str) -> None:
+    with atomic_output(path) as staging:
+        staging.write_text(text)

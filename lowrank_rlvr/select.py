@@ -33,7 +33,8 @@ from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, P
 from lowrank_rlvr.data import Example, parse_row, read_rows
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS
-from lowrank_rlvr.runs import RunFolder, read_json
+from lowrank_rlvr.runs import RunFolder
+from lowrank_rlvr.files import atomic_output, check_model, read_json, writable_file
 
 METHODS = ("std", "random")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
@@ -65,7 +66,7 @@ def load_history(source: Path) -> dict[int, list[float]]:
         return parse_history(run.read_history(), str(run.history_path))
     if not source.is_file():
         raise UserError(f"history not found: {source}")
-    return parse_history(read_json(source), str(source))
+    return parse_history(read_json(source, "history"), str(source))
 
 
 def parse_history(raw: Any, where: str) -> dict[int, list[float]]:
@@ -99,6 +100,8 @@ def load_pool(path: Path) -> list[Example]:
     row wins). Rows without a gold answer are kept with `answer == ""`: DSR-sub has one (index 265), and a history
     of the pool lists it; `select_examples` leaves such examples out of the ranking."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: pool is a folder, expected a .jsonl or .parquet file")
     if not path.is_file():
         raise UserError(f"pool not found: {path}")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
@@ -199,13 +202,13 @@ def write_selection(selected: list[Selected], output: Path, repeat: int = 1) -> 
     if repeat < 1:
         raise UserError(f"--repeat must be >= 1 (got {repeat})")
     rows = [asdict(example) for example in selected] * repeat
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".parquet":
-        import pandas as pd
+    with atomic_output(output) as staging:
+        if output.suffix == ".parquet":
+            import pandas as pd
 
-        pd.DataFrame(rows, columns=list(Selected.__dataclass_fields__)).to_parquet(output, index=False)
-    else:
-        output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            pd.DataFrame(rows, columns=list(Selected.__dataclass_fields__)).to_parquet(staging, index=False)
+        else:
+            staging.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return output
 
 
@@ -236,7 +239,9 @@ def estimate_history(
     from lowrank_rlvr.model import resolve_model_path
     from lowrank_rlvr.rewards import Grader
 
-    generator = HFGenerator(resolve_model_path(model_name_or_path), batch_size=batch_prompts)
+    path = resolve_model_path(model_name_or_path)
+    check_model(path, "--estimate model", shown=model_name_or_path)  # truncated weights: before loading them
+    generator = HFGenerator(path, batch_size=batch_prompts)
     sampling = Sampling(num_samples=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
 
     history: dict[int, list[float]] = {}
@@ -303,6 +308,15 @@ def run_select(
     for flag, value in (("--top", top), ("--rank", rank), ("--repeat", repeat)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1 (got {value})")
+    writable_file(output, "--output")
+    if estimate is not None:
+        writable_file(Path(output).with_suffix(".history.json"), "estimated history")
+        if samples < 2:
+            raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
+        if not temperature > 0:  # also refuses NaN
+            raise UserError(f"--temperature must be > 0 to sample rollouts (got {temperature})")
+        if max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})")
     pool = load_pool(pool_path)
     metrics: dict = {}
     if estimate is not None:
@@ -315,8 +329,8 @@ def run_select(
             estimate, pool, samples, template, temperature, max_new_tokens=max_new_tokens, seed=seed
         )
         history_path = Path(output).with_suffix(".history.json")
-        history_path.parent.mkdir(parents=True, exist_ok=True)
-        history_path.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
+        with atomic_output(history_path) as staging:
+            staging.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
         metrics["history_path"] = str(history_path)
     else:
         history = load_history(history_source)

@@ -27,6 +27,7 @@ from typing import Any
 
 from lowrank_rlvr.config import RunConfig, load_config
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
 from lowrank_rlvr.model import load_policy
 from lowrank_rlvr.rewards import reflection_per_1k_tokens
 from lowrank_rlvr.runs import Checkpoint, RunFolder
@@ -46,9 +47,10 @@ def train_command(config: str | None, overrides: list[str], output_dir: str | No
 def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     """Train the adapter; returns the final adapter folder."""
     # -- setup: everything that can fail on bad input fails here, before any model loads --------------------------
-    run = RunFolder(cfg.output_dir)
+    run = RunFolder(writable_dir(cfg.output_dir, "run folder (--output-dir)"))
     tracking = prepare_tracking(cfg.grpo.report_to, run)  # a tracker that is not installed fails here
     runtime = training_runtime(cfg, launch)  # and so do bad data and an impossible backend
+    check_model(runtime.model_path, "model", shown=cfg.model.name_or_path)  # truncated weights: before loading
     checkpoint = _starting_point(run, cfg, resume)
     if resume and run.is_finished(cfg.grpo.max_steps):
         print(f"{run.path}: the run already finished ({cfg.grpo.max_steps} steps); nothing to train")
@@ -297,8 +299,6 @@ class RunRecorder:
 
 def _starting_point(run: RunFolder, cfg: RunConfig, resume: bool) -> Checkpoint | None:
     """The checkpoint to continue from (None: from scratch). Without --resume the folder must hold no run."""
-    if run.path.exists() and not run.path.is_dir():
-        raise UserError(f"--output-dir {run.path} is a file, not a folder")
     if not resume:
         if run.holds_training():
             raise UserError(f"{run.path} already holds a run: pass --resume to continue it, or another --output-dir")
@@ -313,6 +313,7 @@ def _starting_point(run: RunFolder, cfg: RunConfig, resume: bool) -> Checkpoint 
     if not checkpoints:
         print(f"--resume: no complete checkpoint in {run.path}: training from the start")
         return None
+    check_checkpoint(checkpoints[0].path)  # a damaged file says which checkpoint to delete
     return checkpoints[0]
 
 

@@ -134,7 +134,7 @@ def test_half_written_last_line_of_a_running_job_is_ignored(cli, tmp_path):
         (lambda run: (run / "metrics.jsonl").write_text('{"train_accuracy": 1.0}\n'), "line 1: expected a JSON object"),
         (lambda run: (run / "metrics.jsonl").write_text(""), "no steps logged yet"),
         (lambda run: (run / "eval_by_step.jsonl").write_text('{"step": 0, "average": 0.3}\n'), "expected 'benchmarks'"),
-        (lambda run: (run / "history.json").write_text("{"), "history.json: line 1: not valid JSON"),
+        (lambda run: (run / "history.json").write_text("{"), "history.json: line 1: history is not valid JSON"),
     ],
 )
 def test_bad_run_folder_exits_2_with_one_line(cli, tmp_path, setup, message):

@@ -150,7 +150,7 @@ def test_run_folder_is_a_history(cli, simple_pool, tmp_path):
     [
         ('{"3": [0.0, 1.0], "99": [0.5, 1.0]}', "not in the pool: 99"),
         ('{"3": []}', "example 3: empty accuracy list"),
-        ('{"3": [0.0, 1.0],\n "5": [0.5, }', "line 2: not valid JSON"),
+        ('{"3": [0.0, 1.0],\n "5": [0.5, }', "line 2: history is not valid JSON"),
         ("[0.5, 1.0]", "expected a JSON object"),
         ('{"three": [0.5]}', "'three' is not a pool index"),
         ('{"3": [0.5, 1.5]}', "1.5 is not an accuracy in [0, 1]"),
