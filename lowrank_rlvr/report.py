@@ -44,7 +44,7 @@ SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
         "Self-reflection words (" + ", ".join(REFLECTION_WORDS) + ")",
     ),
 }
-TRAIN_COLOR, HELD_OUT_COLOR, SATURATION_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+TRAIN_COLOR, HELD_OUT_COLOR, SATURATION_COLOR, COLLAPSE_COLOR = "#1f77b4", "#d62728", "#2ca02c", "#000000"
 BENCHMARK_COLORS = ("#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # none of the above
 
 
@@ -140,6 +140,7 @@ def summarize(logs: RunLogs, threshold: float = 0.95, window: int = 10) -> dict:
         "saturation_step": saturated,
         "saturation_threshold": threshold,
         "saturation_window": window,
+        "collapse_warnings": collapse_warnings(logs.metrics),
     }
     evals = [row for row in logs.eval_by_step if row["average"] is not None]
     if evals:
@@ -172,6 +173,20 @@ def _figure():
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
     ax.grid(True, alpha=0.3)
     return plt, fig, ax
+
+
+def collapse_warnings(metrics: list[dict]) -> list[dict]:
+    """The collapse warnings training printed and recorded (`warnings` of metrics.jsonl), each with its step."""
+    return [
+        {"step": row["step"], **warning}
+        for row in metrics for warning in (row.get("warnings") or []) if isinstance(warning, dict)
+    ]
+
+
+def _mark_collapse(ax, warnings: list[dict]) -> None:
+    for warning in warnings:
+        ax.axvline(warning["step"], color=COLLAPSE_COLOR, linestyle=":", linewidth=1.8,
+                   label=f"{warning.get('kind', 'collapse').replace('_', ' ')} warning (step {warning['step']})")
 
 
 def _mark_saturation(ax, saturated: int | None, last_step: int) -> None:
@@ -208,6 +223,7 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     for label, value, alpha in paper_lines(logs):  # the paper's figures for this model and example, dashed
         ax.axhline(value, color=HELD_OUT_COLOR, linestyle="--", linewidth=1.2, alpha=alpha, label=label)
     _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
+    _mark_collapse(ax, summary["collapse_warnings"])
     if summary["saturation_step"] is None and steps:
         ax.text(0.01, 0.97, f"not saturated: mean of {window} steps stayed below {100 * summary['saturation_threshold']:.0f}%",
                 transform=ax.transAxes, ha="left", va="top", fontsize=8, color="gray")
@@ -249,6 +265,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     ax.plot(steps, values, color="#444444", alpha=0.3, linewidth=1, label="per step")
     ax.plot(steps, trailing_mean(values, window), color="#9467bd", linewidth=2, label=f"mean of {window} steps")
     _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
+    _mark_collapse(ax, summary["collapse_warnings"])
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -362,6 +379,8 @@ def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
         rows.append(("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)"))
     for label, value, _ in paper_lines(logs):
         rows.append((label.split(":")[0], f"{value:.1f}% (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
+    for warning in summary["collapse_warnings"]:
+        rows.append((f"warning at step {warning['step']}", warning.get("message", warning.get("kind", ""))))
     if summary["not_logged"]:
         rows.append(("not logged by this run", ", ".join(summary["not_logged"])))
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)

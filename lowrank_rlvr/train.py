@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lowrank_rlvr.collapse import collapse_warnings
 from lowrank_rlvr.config import RunConfig, load_config
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
@@ -90,9 +91,9 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
             reward_funcs=reward_functions(grader, cfg.reward.kind, recorder),
             args=grpo_arguments(cfg, runtime.backend, runtime.on_cuda, runtime.dtype),
             train_dataset=train_dataset,
-            callbacks=[recorder.callback(cfg.grpo.max_steps)],
         )
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; RunRecorder shows a progress bar instead
+        recorder.install(trainer)
         if checkpoint is not None:
             print(f"resuming from {checkpoint.path.name} (step {checkpoint.step})")
         trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
@@ -190,7 +191,8 @@ def reward_weights(kind: str) -> list[float]:
 
 
 class RunRecorder:
-    """Writes metrics.jsonl and history.json as training goes, marks checkpoints complete, draws the progress bar.
+    """Writes metrics.jsonl and history.json as training goes, marks checkpoints complete, draws the progress bar,
+    and warns (one line, recorded in the step's `warnings`) when training collapses (`lowrank_rlvr.collapse`).
 
     Only the main process writes. Per-example accuracies are gathered from all processes at each epoch's end.
     """
@@ -201,13 +203,19 @@ class RunRecorder:
         self.started = time.monotonic()
         self.epoch_correct: dict[int, list[float]] = defaultdict(list)
         self.history: dict[str, list[float]] = {}
+        self.rows: list[dict] = []  # metrics.jsonl so far: what the collapse detector reads
         if launch.is_main:
             run.keep_metrics_through(resumed_step)  # steps after the checkpoint are trained (and logged) again
             self.history = run.read_history() if resumed_step is not None else {}
+            self.rows = run.read_metrics()
 
     def record_rollouts(self, example_indices: list[int], rewards: list[float]) -> None:
         for index, reward in zip(example_indices, rewards):
             self.epoch_correct[int(index)].append(reward)
+
+    def install(self, trainer: Any) -> None:
+        """Our callback goes first: its additions to a step's logs (collapse warnings) reach the trackers after it."""
+        trainer.callback_handler.callbacks.insert(0, self.callback(trainer.args.max_steps))
 
     def callback(self, max_steps: int) -> Any:
         from transformers import TrainerCallback
@@ -220,6 +228,7 @@ class RunRecorder:
                     recorder._start_progress(max_steps, state.global_step)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
+                # this callback runs before the trackers' (see `install`): what it adds to `logs` reaches them too
                 if state.is_world_process_zero and logs and "reward" in logs:
                     recorder._write_metrics(state.global_step, logs)
 
@@ -255,6 +264,13 @@ class RunRecorder:
         if getattr(self, "progress", None):
             self.progress.stop()
 
+    def _say(self, line: str) -> None:
+        """One line above the progress bar (or plain, without one)."""
+        if getattr(self, "progress", None):
+            self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(line, flush=True)
+
     # -- files ---------------------------------------------------------------------------------------------------
     def _write_metrics(self, step: int, logs: dict) -> None:
         record = {
@@ -273,7 +289,13 @@ class RunRecorder:
             "warnings": [],
             "seconds": round(time.monotonic() - self.started, 3),
         }
+        warnings_now = collapse_warnings(self.rows + [record])
+        record["warnings"] = [{"kind": w.kind, "message": w.message} for w in warnings_now]
+        self.rows.append(record)
         self.run.append_metrics(record)
+        for warning in warnings_now:
+            logs[f"warnings/{warning.kind}"] = 1.0  # into the trackers' stream as well
+            self._say(f"warning: {warning.message}")
         if getattr(self, "progress", None):
             status = f"acc {record['train_accuracy']:.2f}  reward {record['reward_mean']:.2f}"
             self.progress.update(self.task, completed=step, status=status)

@@ -242,3 +242,29 @@ def test_a_format_run_logs_the_format_reward_as_its_reward(tmp_path, tiny_model)
     assert all(row["reward_mean"] == pytest.approx(row["format_reward"]) for row in rows), rows
     assert all(row["reward_mean"] <= 1.0 for row in rows), "the format reward's maximum is 1"
     assert all(row["train_accuracy"] is not None for row in rows), "accuracy is still logged"
+
+
+@pytest.mark.slow
+def test_a_collapsing_run_says_so_records_it_and_marks_it_in_the_report_and_tracker(tmp_path, tiny_model):
+    """lr 0.05 without clipping turns the tiny policy deterministic on a wrong answer within a few steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "collapse"
+    result = run_cli(
+        "train", "tiny-cpu", "-o", str(run), "--set", "grpo.max_steps=20", "--set", "grpo.save_steps=20",
+        "--set", "grpo.learning_rate=0.05", "--set", "grpo.max_grad_norm=10", "--set", "grpo.warmup_steps=0",
+        "--set", "grpo.report_to=tensorboard",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics(run)
+    curve = [(r["step"], r["train_accuracy"], round(r["entropy"], 4)) for r in rows]
+    warned = [(r["step"], w["kind"]) for r in rows for w in r["warnings"]]
+    assert [kind for _, kind in warned] == ["entropy_collapse"], curve  # once, not at every step after
+    step = warned[0][0]
+    printed = [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+    assert len(printed) == 1 and f"step {step}: entropy" in printed[0] and "grpo.learning_rate" in printed[0]
+    assert f"warning at step {step}" in (run / "report" / "report.html").read_text()
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = [tag for tag in events.Tags()["scalars"] if tag.endswith("warnings/entropy_collapse")]
+    assert tags and [e.step for e in events.Scalars(tags[0])] == [step]
