@@ -14,6 +14,9 @@ Reads the run folder's files (none is modified):
 - `config.yaml` (optional): model and example, for the page's header and the paper's figures for them
   (`lowrank_rlvr.paper`), drawn as dashed lines in the accuracy plot when the model and example set match a row.
 
+Collapse warnings that training printed (recorded under `warnings` in metrics.jsonl, see `lowrank_rlvr.collapse`)
+are marked on every plot (dotted black line) and listed on the page.
+
 Our definition of the saturation step (the paper reads it off the plot): the first step at which the trailing mean
 of `train_accuracy` over `window` logged steps reaches `threshold` (defaults 10 and 0.95). The paper logs 128 x 8
 rollouts per step, so its per-step accuracy is smooth; ours (often 8 rollouts a step) is noisy, hence the window.
