@@ -26,7 +26,10 @@ import math
 from dataclasses import dataclass
 from statistics import median
 
-REMEDY = "lower grpo.learning_rate, or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
+REMEDY = (
+    "lower grpo.learning_rate, raise grpo.adam_epsilon (tiny entropy/KL gradients then stop taking full Adam steps), "
+    "or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
+)
 
 
 @dataclass(frozen=True)

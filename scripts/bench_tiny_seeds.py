@@ -70,6 +70,16 @@ def summarize_curve(rows: list[dict]) -> dict:
     }
 
 
+def recipe(overrides: list[str]) -> dict:
+    """The settings that decide whether the run learns, as trained (config plus overrides)."""
+    from lowrank_rlvr.config import load_config
+
+    cfg = load_config(CONFIG, overrides)
+    keys = ["learning_rate", "adam_epsilon", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "beta",
+            "entropy_coef", "temperature", "max_steps"]
+    return {**{key: getattr(cfg.grpo, key) for key in keys}, "lora": cfg.lora.model_dump(mode="json")}
+
+
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
@@ -129,6 +139,7 @@ def main() -> None:
         "versions": versions(),
         "config": str(CONFIG.relative_to(REPO)),
         "overrides": args.overrides,
+        "recipe": recipe(args.overrides),
         "build_seed": args.build_seed,
         "model": model_name,
         "success_rule": f"mean training accuracy of the last 5 steps >= {SUCCESS_ACCURACY}",

@@ -33,7 +33,8 @@ def test_the_collapsed_default_seed_warns_once_per_kind_soon_after_the_format_br
     entropy, reward = raised
     assert entropy.message.startswith("step 33: entropy") and "11 -> 8 tokens" in entropy.message
     assert "since step 29" in reward.message and "6 of 28 steps were rewarded" in reward.message
-    assert all("grpo.learning_rate" in w.message and "grpo.warmup_steps" in w.message for w in raised)
+    assert all(all(name in w.message for name in ("grpo.learning_rate", "grpo.adam_epsilon", "grpo.warmup_steps"))
+               for w in raised)
 
 
 def test_a_learning_run_that_saturates_with_low_entropy_raises_nothing():
