@@ -90,3 +90,12 @@ def test_thresholds_can_be_loosened_for_another_model():
     rows = curve("tiny-learned-seed1.jsonl")
     strict = CollapseThresholds(entropy_fraction=0.1, max_accuracy=1.01)  # any low-entropy stretch short of perfect
     assert [w.kind for w in scan_for_collapse(rows, strict)] == ["entropy_collapse"]
+
+
+def test_a_collapse_while_learning_is_a_reward_collapse_only():
+    # tiny-cpu.yaml as shipped, build 0, seed 11: climbing (49 of 105 steps rewarded, accuracy 0.875 at step 105), then
+    # one update made "\boxed{4}" the only answer; entropy stayed ~0.06 (15% of its start), so no entropy warning
+    rows = curve("tiny-collapsed-while-learning-seed11.jsonl")
+    raised = warnings_step_by_step(rows)
+    assert [(w.kind, w.step) for w in raised] == [("reward_collapse", 116)]
+    assert "since step 106" in raised[0].message and "49 of 105 steps were rewarded" in raised[0].message
