@@ -56,9 +56,9 @@ def train_one(seed: int, model_dir: Path | None, runs_dir: Path, overrides: list
 def summarize_curve(rows: list[dict]) -> dict:
     accuracy = [row["train_accuracy"] for row in rows]
     first_mean, last_mean = sum(accuracy[:5]) / 5, sum(accuracy[-5:]) / 5
+    windows = range(10, len(accuracy) + 1)  # the 10 steps ending at rows[end - 1]
     reached = next(
-        (rows[end - 1]["step"] for end in range(10, len(accuracy) + 1) if sum(accuracy[end - 10 : end]) / 10 >= SUCCESS_ACCURACY),
-        None,
+        (rows[end - 1]["step"] for end in windows if sum(accuracy[end - 10 : end]) / 10 >= SUCCESS_ACCURACY), None
     )
     return {
         "first5_accuracy": round(first_mean, 3),

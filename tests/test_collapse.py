@@ -15,7 +15,8 @@ def curve(name: str) -> list[dict]:
 
 
 def row(step: int, reward: float, entropy: float = 0.4, length: float = 11.0) -> dict:
-    return {"step": step, "reward_mean": reward, "train_accuracy": reward, "entropy": entropy, "completion_length": length}
+    return {"step": step, "reward_mean": reward, "train_accuracy": reward, "entropy": entropy,
+            "completion_length": length}
 
 
 def warnings_step_by_step(rows: list[dict]) -> list:
@@ -57,7 +58,8 @@ def test_a_run_still_exploring_is_not_a_reward_collapse():
 
 
 def test_a_saturated_run_that_drops_to_zero_warns_after_the_shortest_window():
-    rows = [row(step, 1.0, entropy=0.01) for step in range(1, 51)] + [row(step, 0.0, entropy=0.3) for step in range(51, 70)]
+    rows = [row(step, 1.0, entropy=0.01) for step in range(1, 51)]
+    rows += [row(step, 0.0, entropy=0.3) for step in range(51, 70)]
     raised = warnings_step_by_step(rows)
     assert [(w.kind, w.step) for w in raised] == [("reward_collapse", 50 + CollapseThresholds().min_zero_steps)]
 
