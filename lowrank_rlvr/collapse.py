@@ -7,8 +7,11 @@ Two failures of GRPO with a small example set, both seen on the tiny CPU config 
   (one lucky step, then a long quiet stretch) does not count: `min_rewarded_steps` rewarded steps must come first.
 - **entropy_collapse**: the policy turned (near-)deterministic while mostly wrong: entropy under `entropy_fraction`
   of its starting value for `window` steps while their mean training accuracy stayed below `max_accuracy`. A run that
-  sharpens as it learns (entropy 0.40 -> 0.01 on the tiny config while accuracy climbs to 1) raises nothing: on 20
-  healthy tiny runs the accuracy over such stretches never fell below 0.9; on the collapsed ones it was 0.
+  sharpens as it learns (entropy 0.40 -> 0.01 on the tiny config while accuracy climbs to 1) raises nothing: over 77
+  healthy tiny runs the accuracy of such stretches never fell below 0.875; on the collapsed ones it was 0.
+
+On the 80 tiny-config runs of benchmarks/results/tiny-seeds-build{0,1}-*.json this warns on the 3 that collapsed
+(the first warning 4-10 steps after the collapse began) and on none of the 77 that learned.
 
 Pure: `collapse_warnings(rows)` takes the rows of `metrics.jsonl` as dicts (`step`, `reward_mean`, `train_accuracy`,
 `entropy`, `completion_length`; other keys ignored, None skipped) and returns values. Each kind is raised once per run,
@@ -26,7 +29,10 @@ import math
 from dataclasses import dataclass
 from statistics import median
 
-REMEDY = "lower grpo.learning_rate, or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
+REMEDY = (
+    "lower grpo.learning_rate, raise grpo.adam_epsilon (tiny entropy/KL gradients then stop taking full Adam steps), "
+    "or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
+)
 
 
 @dataclass(frozen=True)

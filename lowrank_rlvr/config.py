@@ -155,6 +155,12 @@ class GRPOSettings(_Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    adam_epsilon: float = Field(
+        1e-8,
+        gt=0,
+        description="AdamW's epsilon: a coordinate whose gradient stays well below it moves by ~lr x gradient / epsilon "
+        "instead of a full lr-sized step (Adam rescales even tiny entropy/KL-only gradients to full-size steps).",
+    )
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many steps.")

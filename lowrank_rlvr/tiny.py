@@ -56,6 +56,9 @@ def addition_chat(a: int, b: int, c: int) -> tuple[str, str]:
 
 
 def build_tiny_model(out_dir: Path, seed: int = 0) -> None:
+    """Build the tiny model into `out_dir`. `seed` (the build seed) draws the tokenizer corpus, the initial weights and
+    the warm-start batches; 0 is the cached model's. Another build seed gives another warm-started model, which is how
+    scripts/bench_tiny_seeds.py stands in for another machine's numerics."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM

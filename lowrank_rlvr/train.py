@@ -142,6 +142,7 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
         warmup_steps=g.warmup_steps,
         weight_decay=g.weight_decay,
         max_grad_norm=g.max_grad_norm,
+        adam_epsilon=g.adam_epsilon,
         max_steps=g.max_steps,
         save_steps=g.save_steps,
         logging_steps=g.logging_steps,

@@ -47,12 +47,19 @@ def tiny_run(tmp_path_factory, tiny_model):
 
 @pytest.mark.slow
 def test_tiny_config_learns_its_one_example_from_reward_alone(tiny_run):
+    # Not a lucky seed: the shipped recipe learned on >= 19 of 20 seeds for two builds of the tiny model
+    # (benchmarks/results/tiny-seeds-*.json), so a failure here is a regression of the recipe, not bad luck.
     rows = metrics(tiny_run["dir"])
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
     assert all(REQUIRED_METRICS <= row.keys() for row in rows)
     accuracy = [r["train_accuracy"] for r in rows]
     first, last = sum(accuracy[:5]) / 5, sum(accuracy[-5:]) / 5
-    assert first <= 0.5 and last >= 0.9, f"training accuracy {first:.2f} -> {last:.2f}"
+    per_10_steps = " ".join(  # step: mean accuracy / mean completion length, to tell "never learned" from "collapsed"
+        f"{chunk[0]['step']}:{sum(r['train_accuracy'] for r in chunk) / len(chunk):.2f}"
+        f"/{sum(r['completion_length'] for r in chunk) / len(chunk):.0f}tok"
+        for chunk in (rows[start : start + 10] for start in range(0, len(rows), 10))
+    )
+    assert first <= 0.5 and last >= 0.9, f"training accuracy {first:.2f} -> {last:.2f}; per 10 steps: {per_10_steps}"
     assert tiny_run["seconds"] < 300
 
 
