@@ -1,4 +1,5 @@
-"""Typed run configuration: YAML -> validated `RunConfig`, conflicts rejected at load, resolved copy written out.
+"""Typed run configuration: YAML -> validated `RunConfig`, conflicts rejected at load (the run folder, `runs.py`,
+writes the resolved copy).
 
 Every setting is documented once, here, in its `Field(description=...)`. Names follow TRL's `GRPOConfig` where TRL
 has the setting (`num_generations`, `max_completion_length`, `temperature`, `beta`, `entropy_coef`, ...), so a TRL

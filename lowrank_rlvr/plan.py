@@ -1,4 +1,4 @@
-"""`lowrank-rlvr plan`: peak GPU memory of a config, estimated before anything is downloaded; and the doctor report.
+"""`lowrank-rlvr plan`: peak GPU memory of a config, estimated before anything is downloaded.
 
 Nothing here touches a GPU, a model's weights or (unless a shape is missing everywhere else) the network. The model's
 shape comes from, in order: a local folder's `config.json`; the built-in table of the paper's models below

@@ -59,22 +59,3 @@ def test_metrics_keep_the_last_row_per_step_and_forget_steps_after_a_checkpoint(
     run.keep_metrics_through(1)
     assert [row["step"] for row in run.read_metrics()] == [1]
 
-
-def test_modules_import_each_other_without_a_circle():
-    """Module-level `from lowrank_rlvr.x import ...` edges form no cycle (rewards.py imports nothing of ours)."""
-    edges: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        edges[path.stem] = {
-            node.module.split(".")[1] for node in tree.body
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lowrank_rlvr.")
-        }
-    assert edges["rewards"] == set()
-
-    def visit(module: str, stack: tuple[str, ...]) -> None:
-        assert module not in stack, " -> ".join(stack + (module,))
-        for imported in edges.get(module, ()):
-            visit(imported, stack + (module,))
-
-    for module in edges:
-        visit(module, ())
