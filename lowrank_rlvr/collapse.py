@@ -10,8 +10,8 @@ Two failures of GRPO with a small example set, both seen on the tiny CPU config 
   sharpens as it learns (entropy 0.40 -> 0.01 on the tiny config while accuracy climbs to 1) raises nothing: over 77
   healthy tiny runs the accuracy of such stretches never fell below 0.875; on the collapsed ones it was 0.
 
-On the 80 tiny-config runs of benchmarks/results/tiny-seeds-build{0,1}-*.json this warns on the 3 that collapsed
-(the first warning 4-10 steps after the collapse began) and on none of the 77 that learned.
+On the 120 tiny-config runs behind benchmarks/results/tiny-seeds-*.json this warns on the 3 that collapsed (the first
+warning 4-10 steps after the collapse began) and on none of the other 117 (one of which ended at accuracy 0.875).
 
 Pure: `collapse_warnings(rows)` takes the rows of `metrics.jsonl` as dicts (`step`, `reward_mean`, `train_accuracy`,
 `entropy`, `completion_length`; other keys ignored, None skipped) and returns values. Each kind is raised once per run,
