@@ -76,7 +76,7 @@ def run_training(cfg: RunConfig, resume: bool = False) -> Path:
     warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`")
     train_dataset = Dataset.from_list(build_train_rows(examples, cfg.data.template, cfg.data.repeat, tokenizer))
     recorder = RunRecorder(output_dir, resumed_step=_step_of(checkpoint), is_main=rank == 0)
-    with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:
+    with Grader(cfg.reward.workers, cfg.reward.timeout_seconds, cfg.reward.require_simplified_answer) as grader:
         trainer = GRPOTrainer(
             model=model,
             peft_config=peft_config,
