@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import random
+import re
 import shlex
 import subprocess
 import sys
@@ -71,10 +72,17 @@ def held_out_summary(jsonl: Path, problems: dict[str, str]) -> dict:
         "accuracy": sum(r["reward"] for r in records) / count,
         "accuracy_simplified": sum(r["reward"] for r in records if r not in unevaluated) / count,
         "box_rate": len(boxed) / count,
+        # latent ability: the last number of the response is the sum, boxed or not ("18 + 46 = 64")
+        "last_number_right": sum(_last_number(r["response"]) == r["answer"] for r in records) / count,
         "unevaluated_rate": len(unevaluated) / count,
         "restates_question_rate": len(restating) / count,
         "examples": [r["response"] for r in records[:3]],
     }
+
+
+def _last_number(text: str) -> str | None:
+    numbers = re.findall(r"-?\d+", text)
+    return numbers[-1] if numbers else None
 
 
 def main() -> None:
@@ -129,7 +137,8 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     for step, summary in by_step.items():
         print(f"step {step:3d}: held-out accuracy {summary['accuracy']:.2f} (simplified {summary['accuracy_simplified']:.2f})"
-              f"  boxed {summary['box_rate']:.2f}  restating {summary['restates_question_rate']:.2f}")
+              f"  boxed {summary['box_rate']:.2f}  restating {summary['restates_question_rate']:.2f}"
+              f"  last number right {summary['last_number_right']:.2f}")
     print(f"train {train_seconds:.0f} s, eval {eval_seconds:.0f} s -> {out}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lowrank_rlvr.cli import app
-from lowrank_rlvr.config import CONFIG_DIR, SMOLLM2_MODEL
+from lowrank_rlvr.config import CONFIG_DIR, SMOLLM2_MODEL, load_config
 
 CONFIG = CONFIG_DIR / "smollm2-135m-cpu.yaml"
 
@@ -155,8 +155,9 @@ def test_merged_model_gives_the_logits_of_base_plus_adapter(cli, smollm2, smollm
 @pytest.mark.slow
 def test_grpo_through_the_cli_trains_the_adapter_of_the_real_model_and_not_its_base(cli, smollm2, tmp_path):
     """Three steps of the shipped config: every step logged with a reward in range, the LoRA weights moved, the cached
-    base untouched. (Whether the reward *rises* is a benchmark, not a test: SmolLM2 boxes a parsable answer in ~2% of
-    samples at T=0.6, so the first rewarded rollout may take many steps: benchmarks/README.md.)"""
+    base untouched. (Whether the reward *rises* is measured by scripts/bench_smollm2.py, not asserted here: SmolLM2
+    boxes a parsable answer in ~2-5% of samples at T=0.6, so when the first rewarded rollout comes depends on the
+    seed; with 8 rollouts a step, none came in 10 steps: benchmarks/README.md.)"""
     import hashlib
 
     from safetensors.torch import load_file
@@ -171,7 +172,8 @@ def test_grpo_through_the_cli_trains_the_adapter_of_the_real_model_and_not_its_b
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(m["step"], m["reward_mean"], m["completion_length"]) for m in metrics]
     assert [m["step"] for m in metrics] == list(range(1, steps + 1)), curve
-    assert all(0.0 <= m["reward_mean"] <= 2.0 and 0 < m["completion_length"] <= 32 for m in metrics), curve
+    max_tokens = load_config(CONFIG).grpo.max_completion_length
+    assert all(0.0 <= m["reward_mean"] <= 2.0 and 0 < m["completion_length"] <= max_tokens for m in metrics), curve
 
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     lora_b = [tensor for name, tensor in adapter.items() if "lora_B" in name]
