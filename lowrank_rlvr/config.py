@@ -28,6 +28,7 @@ TINY_MODEL = "builtin:tiny-qwen2"
 PAPER_TEMPERATURE = 0.6
 PAPER_MAX_COMPLETION_LENGTH = 3072
 DEFAULT_TEMPLATE = "qwen-math-cot"
+SMOLLM2_MODEL = "builtin:smollm2-135m"
 
 
 class _Section(BaseModel):
@@ -37,7 +38,8 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     name_or_path: str = Field(
         description="Hugging Face Hub id or local folder of the base model; "
-        f"'{TINY_MODEL}' builds a tiny Qwen2 locally (offline tests and the CPU demo)."
+        f"'{TINY_MODEL}' builds a tiny Qwen2 locally (offline tests and the CPU demo); '{SMOLLM2_MODEL}' is "
+        "SmolLM2-135M-Instruct, fetched once with pip and converted locally (a real model on CPU)."
     )
     backend: Literal["auto", "unsloth", "hf"] = Field(
         "auto",
@@ -119,6 +121,12 @@ class RewardSettings(_Section):
         "accuracy",
         description="'accuracy': 1 if the last \\boxed{} equals the gold answer (math-verify), else 0. "
         "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline).",
+    )
+    require_simplified_answer: bool = Field(
+        False,
+        description="Score 0 (any kind) for a final answer that is arithmetic left undone, e.g. \\boxed{17+25}: "
+        "math-verify counts it equal to its value, and SmolLM2-135M learned from one example to restate the question "
+        "instead of answering it (benchmarks/README.md).",
     )
     timeout_seconds: float = Field(
         DEFAULT_TIMEOUT_SECONDS, gt=0, description="Hard time limit for grading one completion."

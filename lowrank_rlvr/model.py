@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from lowrank_rlvr.config import TINY_MODEL, RunConfig
+from lowrank_rlvr.config import SMOLLM2_MODEL, TINY_MODEL, RunConfig
 from lowrank_rlvr.errors import UserError
 
 if TYPE_CHECKING:
@@ -24,11 +24,16 @@ ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map `builtin:tiny-qwen2` to its local folder (built on first use); pass Hub ids and folders through."""
+    """Map `builtin:tiny-qwen2` / `builtin:smollm2-135m` to their local folders (built on first use); pass Hub ids
+    and folders through."""
     if name_or_path == TINY_MODEL:
         from lowrank_rlvr.tiny import tiny_model_dir
 
         return str(tiny_model_dir())
+    if name_or_path == SMOLLM2_MODEL:
+        from lowrank_rlvr.smollm2 import smollm2_model_dir
+
+        return str(smollm2_model_dir())
     return name_or_path
 
 

@@ -18,6 +18,9 @@ Rules (where they differ from the paper's verl reward or the Qwen2.5-Math evalua
   inside the worker, which stops SymPy expanding `10^{10^{10^{10}}}`), and `Grader` adds a hard-kill backstop for
   work stuck in C code, where no Python signal handler runs: the worker is killed and replaced.
 - `format_reward` is the paper's "format correction" baseline: 1 for a box whose content math-verify can parse at all.
+- math-verify scores arithmetic left undone (`\\boxed{17+25}`) as equal to its value, so a policy can be paid for
+  restating the question. `Grader(require_simplified_answer=True)` scores such answers 0 (`is_unevaluated_arithmetic`;
+  `restates_question` tells whether one copies the problem's own expression).
 
 Example:
     >>> math_reward("... so the pressure is $\\\\boxed{\\\\frac{64}{5}}$.", "12.8")
@@ -54,6 +57,9 @@ WORKER_MEMORY_BYTES = 4 * 1024**3  # address space a worker may add: a runaway c
 WORKER_START_SECONDS = 120.0  # a worker that has not imported math-verify by then is broken
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_NUMERAL = r"\(?-?\d+(?:\.\d+)?\)?"
+_OPERATOR = r"(?:\+|-|\*|\\times|\\cdot|\\div|÷|×)"  # not '/': `1/2` is a final answer
+_UNEVALUATED = re.compile(rf"{_NUMERAL}(?:{_OPERATOR}{_NUMERAL})+")
 _OPENERS = frozenset("{([")
 _CLOSERS = frozenset("})]")
 
@@ -129,6 +135,26 @@ def _nesting_depth(text: str) -> int:
         elif char in _CLOSERS:
             depth = max(depth - 1, 0)
     return deepest
+
+
+def is_unevaluated_arithmetic(answer: str) -> bool:
+    """True for an answer that is arithmetic on numerals left undone: math-verify scores it equal to its value.
+
+    Example:
+        >>> [is_unevaluated_arithmetic(a) for a in ["17+25", "6 \\\\times 7", "42", "-3", "\\\\frac{1}{2}", "x+1"]]
+        [True, True, False, False, False, False]
+    """
+    return bool(_UNEVALUATED.fullmatch(_squeeze(answer).strip("$")))
+
+
+def restates_question(answer: str, problem: str) -> bool:
+    """True when the answer is unevaluated arithmetic copied from the problem text: `17+25` for "What is 17+25?".
+
+    Example:
+        >>> restates_question("18 + 46", "What is 18+46?"), restates_question("64", "What is 18+46?")
+        (True, False)
+    """
+    return is_unevaluated_arithmetic(answer) and _squeeze(answer).strip("$") in _squeeze(problem)
 
 
 def answer_text(answer: Any) -> str:
@@ -335,13 +361,17 @@ class Grader:
     # against 2-20 ms to grade a typical item.
     IN_FLIGHT = 1
 
-    def __init__(self, workers: int = DEFAULT_GRADER_WORKERS, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS):
+    def __init__(
+        self, workers: int = DEFAULT_GRADER_WORKERS, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        require_simplified_answer: bool = False,
+    ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1 (got {workers})")
         if not timeout_seconds > 0:
             raise ValueError(f"timeout_seconds must be > 0 (got {timeout_seconds})")
         self.num_workers = workers
         self.timeout_seconds = float(timeout_seconds)
+        self.require_simplified_answer = require_simplified_answer  # unevaluated arithmetic scores 0, any kind
         self.replaced_workers = 0  # workers killed after a hang or found dead, over the Grader's life
         self._context = multiprocessing.get_context("spawn")
         self._workers = [_Worker(self._context, self.timeout_seconds) for _ in range(workers)]
@@ -393,16 +423,17 @@ class Grader:
             raise ValueError(f"{len(responses)} responses but {len(answers)} answers")
         extracted = [extract_answer(response) for response in responses]
         golds = [answer_text(answer) for answer in answers]
+        rejected = [self.require_simplified_answer and a is not None and is_unevaluated_arithmetic(a) for a in extracted]
         # One-shot RLVR grades many rollouts of one problem: each distinct (answer, gold) pair is graded once per call.
         keys = [
-            None if answer is None else (answer, gold if kind == "accuracy" else "")
-            for answer, gold in zip(extracted, golds)
+            None if answer is None or reject else (answer, gold if kind == "accuracy" else "")
+            for answer, gold, reject in zip(extracted, golds, rejected)
         ]
         first_of: dict[tuple[str, str], int] = {}
         for i, key in enumerate(keys):
             if key is not None:
                 first_of.setdefault(key, i)
-        rewards = [0.0] * len(responses)  # responses without a final answer score 0 without a worker
+        rewards = [0.0] * len(responses)  # responses without a (simplified) final answer score 0 without a worker
         timed_out = [False] * len(responses)
         todo = deque(first_of.values())
         while todo or any(worker.in_flight for worker in self._workers):

@@ -83,7 +83,7 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     recorder = RunRecorder(run, launch, resumed_step=checkpoint.step if checkpoint else None)
 
     # -- train ------------------------------------------------------------------------------------------------------
-    with Grader(workers=cfg.reward.workers, timeout_seconds=cfg.reward.timeout_seconds) as grader:
+    with Grader(cfg.reward.workers, cfg.reward.timeout_seconds, cfg.reward.require_simplified_answer) as grader:
         trainer = GRPOTrainer(
             model=model,
             peft_config=peft_config,
