@@ -136,7 +136,7 @@ def train(
 @app.command(name="eval")
 @_fail_cleanly
 def evaluate(
-    model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder or builtin:tiny-qwen2 (optional with --run)."),
+    model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder, builtin:tiny-qwen2 or builtin:smollm2-135m (optional with --run)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: all)."),

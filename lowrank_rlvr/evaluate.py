@@ -33,7 +33,7 @@ from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
 from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader
+from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader, restates_question
 from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, read_jsonl
 
 GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench")
@@ -123,11 +123,20 @@ def summarize(name: str, problems: list[Problem], records: list[dict], sampling:
         "truncated": sum(r["truncated"] for r in mine),
         "grading_timeouts": sum(r["timed_out"] for r in mine),
         "skipped": sum(r.get("skipped", False) for r in mine),
+        "restated_question": sum(r.get("restates_question", False) for r in mine),
     }
 
 
 def markdown_table(report: dict, paper: Any = None) -> str:
-    """Our accuracies (%), with the paper's beside them when `paper` (a `lowrank_rlvr.paper.PaperRow`) is given."""
+    """Our accuracies (%), with the paper's beside them when `paper` (a `lowrank_rlvr.paper.PaperRow`) is given; a
+    note under it when answers merely restate their question."""
+    restated = sum(result.get("restated_question", 0) for result in report["benchmarks"].values())
+    note = (f"\n\nnote: {restated} answer(s) restate their question (e.g. \\boxed{{18+46}} for 18+46), which math-verify "
+            "counts as right; see `restates_question` in the responses file" if restated else "")
+    return _table(report, paper) + note
+
+
+def _table(report: dict, paper: Any) -> str:
     if paper is None:
         rows = ["| benchmark | accuracy | problems | samples |", "|---|---:|---:|---:|"]
         for name, result in report["benchmarks"].items():
@@ -174,7 +183,7 @@ def run_eval_command(
         table += _paper_rows(read_run_config(run), model, names)
         return "\n".join(table) + f"\n\naccuracy by step: {RunFolder(run).eval_by_step_path}"
     if model is None:
-        raise UserError("give MODEL (a Hub id, a folder or builtin:tiny-qwen2), or --run RUN")
+        raise UserError("give MODEL (a Hub id, a folder, builtin:tiny-qwen2 or builtin:smollm2-135m), or --run RUN")
     report = run_eval(
         model, str(adapter) if adapter else None, output=output, template=template or DEFAULT_TEMPLATE, **common
     )
@@ -339,6 +348,8 @@ def evaluate_suite(
                         "answer": problem.answer, "extracted": grade.extracted, "reward": float(grade.reward),
                         "timed_out": bool(grade.timed_out), "num_tokens": len(completion.token_ids),
                         "truncated": completion.truncated, "skipped": completion.skipped, "response": completion.text,
+                        # `\boxed{18+46}` for "What is 18+46?": math-verify scores it right, nothing was computed
+                        "restates_question": bool(grade.extracted and restates_question(grade.extracted, problem.problem)),
                     }
                     sink.write(json.dumps(record) + "\n")
                     records.append(record)

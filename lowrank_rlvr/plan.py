@@ -66,10 +66,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowrank_rlvr.config import TINY_MODEL, RunConfig, load_config
+from lowrank_rlvr.config import RunConfig, load_config
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.generation import VLLM_LORA_RANKS  # Unsloth rounds max_lora_rank up to one of these
-from lowrank_rlvr.model import ALL_LINEAR_MODULES
+from lowrank_rlvr.model import ALL_LINEAR_MODULES, resolve_model_path
 
 GiB = 1024**3
 
@@ -206,10 +206,8 @@ KNOWN_MODELS = {
 
 def model_shape(name_or_path: str) -> ModelShape:
     """Shape of a model from a local folder, the built-in table, or the Hub's config.json (only when online)."""
-    if name_or_path == TINY_MODEL:
-        from lowrank_rlvr.tiny import tiny_model_dir
-
-        name_or_path = str(tiny_model_dir())
+    if name_or_path.startswith("builtin:"):
+        name_or_path = resolve_model_path(name_or_path)  # built (or fetched) once, then local
     folder = Path(name_or_path).expanduser()
     if (folder / "config.json").is_file():
         config_json = folder / "config.json"
