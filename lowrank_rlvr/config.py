@@ -117,10 +117,11 @@ class DataSettings(_Section):
 
 
 class RewardSettings(_Section):
-    kind: Literal["accuracy", "format"] = Field(
+    kind: Literal["accuracy", "format", "format+accuracy"] = Field(
         "accuracy",
         description="'accuracy': 1 if the last \\boxed{} equals the gold answer (math-verify), else 0. "
-        "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline).",
+        "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline). 'format+accuracy': their "
+        "sum (0, 1 or 2), for a model that first has to learn to box at all. Accuracy is logged in every case.",
     )
     require_simplified_answer: bool = Field(
         False,

@@ -169,7 +169,8 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
 
 def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
     """TRL reward callables, in the order of `reward_weights(kind)`. `accuracy` is always computed (it is
-    `train_accuracy`); with kind 'format' it rides along with weight 0 and only the format reward trains."""
+    `train_accuracy`); with kind 'format' it rides along with weight 0 and only the format reward trains, with
+    'format+accuracy' both train."""
 
     def accuracy(prompts, completions, answer, example_index, completion_ids, log_metric=None, **_):
         results = grader.grade(list(completions), list(answer), kind="accuracy")
@@ -188,7 +189,7 @@ def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
 
 def reward_weights(kind: str) -> list[float]:
     """What TRL sums into the trained reward, one weight per `reward_functions(kind)` entry."""
-    return [1.0] if kind == "accuracy" else [1.0, 0.0]
+    return {"accuracy": [1.0], "format": [1.0, 0.0], "format+accuracy": [1.0, 1.0]}[kind]
 
 
 class RunRecorder:

@@ -68,8 +68,15 @@ def _responses(jsonl: Path) -> dict[tuple, tuple]:
 
 
 def _make_run(folder: Path, tiny_model: Path, tiny_adapter: Path) -> Path:
-    shutil.copytree(tiny_adapter, folder / "checkpoint-1")
-    (folder / "config.yaml").write_text(f"model:\n  name_or_path: {tiny_model}\n")
+    """A run folder as `train` leaves it: its resolved config and one complete checkpoint (step 1)."""
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.runs import RunFolder
+
+    run = RunFolder(folder)
+    shutil.copytree(tiny_adapter, run.checkpoint_dir(1))
+    run.mark_complete(1)
+    cfg = load_config("tiny-cpu", [f"model.name_or_path={tiny_model}", "grpo.max_steps=1", "grpo.save_steps=1"])
+    run.write_config(cfg, cfg.launch_summary(1))
     return folder
 
 

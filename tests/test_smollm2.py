@@ -154,26 +154,27 @@ def test_merged_model_gives_the_logits_of_base_plus_adapter(cli, smollm2, smollm
 
 @pytest.mark.slow
 def test_grpo_through_the_cli_trains_the_adapter_of_the_real_model_and_not_its_base(cli, smollm2, tmp_path):
-    """Three steps of the shipped config: every step logged with a reward in range, the LoRA weights moved, the cached
-    base untouched. (Whether the reward *rises* is measured by scripts/bench_smollm2.py, not asserted here: SmolLM2
-    boxes a parsable answer in ~2-5% of samples at T=0.6, so when the first rewarded rollout comes depends on the
-    seed; with 8 rollouts a step, none came in 10 steps: benchmarks/README.md.)"""
+    """Six steps of the shipped config: the reward signal moves (the box rate climbs: 0.12 -> 0.69-1.0 by steps 3-6
+    on the development machine, benchmarks/results/smollm2-135m-cpu-2026-11-29.json), every step is logged, the LoRA
+    weights moved and the cached base is untouched. The base boxes a few percent of its samples with this prompt (2 of
+    16 at step 1 there); a machine whose first steps sampled no box at all would fail here, with the curve shown."""
     import hashlib
 
     from safetensors.torch import load_file
 
     base_digest = hashlib.sha256((smollm2 / "model.safetensors").read_bytes()).hexdigest()
     run_dir = tmp_path / "run"
-    steps = 3
-    # an entropy bonus gives every step a gradient even when no rollout is rewarded (the shipped config has none)
-    result = cli.invoke(app, ["train", str(CONFIG), "--output-dir", str(run_dir), "--set", "grpo.entropy_coef=0.001",
+    steps = 6
+    result = cli.invoke(app, ["train", str(CONFIG), "--output-dir", str(run_dir),
                               "--set", f"grpo.max_steps={steps}", "--set", f"grpo.save_steps={steps}"])
     assert result.exit_code == 0, result.output
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(m["step"], m["reward_mean"], m["completion_length"]) for m in metrics]
+    curve = [(m["step"], m["format_reward"], m["train_accuracy"], m["completion_length"]) for m in metrics]
     assert [m["step"] for m in metrics] == list(range(1, steps + 1)), curve
     max_tokens = load_config(CONFIG).grpo.max_completion_length
-    assert all(0.0 <= m["reward_mean"] <= 1.0 and 0 < m["completion_length"] <= max_tokens for m in metrics), curve
+    assert all(0.0 <= m["reward_mean"] <= 2.0 and 0 < m["completion_length"] <= max_tokens for m in metrics), curve
+    box_rate = [m["format_reward"] for m in metrics]
+    assert max(box_rate[3:]) >= box_rate[0] + 0.25, f"box rate did not climb (step, box rate, accuracy, length): {curve}"
 
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     lora_b = [tensor for name, tensor in adapter.items() if "lora_B" in name]

@@ -275,3 +275,15 @@ def test_a_collapsing_run_says_so_records_it_and_marks_it_in_the_report_and_trac
     events.Reload()
     tags = [tag for tag in events.Tags()["scalars"] if tag.endswith("warnings/entropy_collapse")]
     assert tags and [e.step for e in events.Scalars(tags[0])] == [step]
+
+
+def test_format_plus_accuracy_trains_on_both_rewards():
+    import torch
+
+    from lowrank_rlvr.config import load_config
+    from lowrank_rlvr.train import grpo_arguments, reward_functions
+
+    cfg = load_config("tiny-cpu", ["reward.kind=format+accuracy"], output_dir="unused")
+    names = [f.__name__ for f in reward_functions(grader=None, kind=cfg.reward.kind, recorder=None)]
+    weights = grpo_arguments(cfg, "hf", False, torch.float32).reward_weights
+    assert dict(zip(names, weights, strict=True)) == {"format": 1.0, "accuracy": 1.0}
