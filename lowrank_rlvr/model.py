@@ -12,7 +12,10 @@ same base with the adapter switched off (no second copy of the weights).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from lowrank_rlvr.config import SMOLLM2_MODEL, TINY_MODEL, RunConfig
 from lowrank_rlvr.errors import UserError
@@ -21,6 +24,26 @@ if TYPE_CHECKING:
     from lowrank_rlvr.runtime import Runtime
 
 ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # 'all-linear'
+
+
+def cached_model_dir(name: str, build: Callable[[Path], None], cache_root: Path | None = None) -> Path:
+    """`$LOWRANK_RLVR_CACHE/<name>` (default ~/.cache/lowrank_rlvr), made by `build(folder)` on first use: built in a
+    staging folder and renamed into place, so a half-built model is never taken for the cached one."""
+    root = Path(cache_root or os.environ.get("LOWRANK_RLVR_CACHE", Path.home() / ".cache" / "lowrank_rlvr"))
+    target = root / name
+    if (target / "model.safetensors").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
+    try:
+        build(staging / "model")
+        try:
+            (staging / "model").rename(target)
+        except OSError:  # another process finished first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def resolve_model_path(name_or_path: str) -> str:

