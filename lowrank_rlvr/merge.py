@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.errors import UserError, first_line
 from lowrank_rlvr.files import read_json_object
 from lowrank_rlvr.runs import RunFolder
 
@@ -156,7 +156,7 @@ def merge_adapter(
     try:
         base_config = AutoConfig.from_pretrained(base_path)
     except (OSError, ValueError) as exc:
-        raise UserError(f"base model {base_name!r} could not be loaded ({_first_line(exc)}); pass --base") from None
+        raise UserError(f"base model {base_name!r} could not be loaded ({first_line(exc)}); pass --base") from None
     if getattr(base_config, "quantization_config", None):
         raise UserError(f"base model {base_name!r} is stored quantized; pass --base with its 16-bit weights")
     check_model(base_path, "base model", shown=base_name)  # truncated weights, a broken tokenizer: before loading
@@ -171,7 +171,7 @@ def merge_adapter(
         except RuntimeError as exc:
             raise UserError(f"adapter {adapter_dir} does not fit base {base_name!r}: {_size_mismatch(exc)}") from None
         except ValueError as exc:  # peft: target modules not found in the base
-            raise UserError(f"adapter {adapter_dir} does not fit base {base_name!r}: {_first_line(exc)}") from None
+            raise UserError(f"adapter {adapter_dir} does not fit base {base_name!r}: {first_line(exc)}") from None
         check_all_weights_loaded(model, adapter_dir, base_name)
         check_ids = tokenizer(_CHECK_TEXT, return_tensors="pt")["input_ids"]  # [1, L]
         with torch.no_grad():
@@ -448,7 +448,7 @@ def upload(folder: Path, repo_id: str, private: bool = False) -> dict[str, Any]:
         )
     except Exception as exc:  # noqa: BLE001 - network, auth, permissions, quota: all reported the same way
         raise UserError(
-            f"upload to {repo_id} failed ({type(exc).__name__}: {_first_line(exc)}); the merged model is intact in "
+            f"upload to {repo_id} failed ({type(exc).__name__}: {first_line(exc)}); the merged model is intact in "
             f"{folder}; retry with: hf upload {repo_id} {folder}"
         ) from None
     return {"hub_url": str(repo_url)}
@@ -481,14 +481,9 @@ def _paper_percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _size_mismatch(exc: RuntimeError) -> str:
     """peft's load error lists every mismatching tensor; keep the first, without the peft-internal prefixes."""
     for line in str(exc).splitlines():
         if "size mismatch" in line:
             return line.strip().replace("base_model.model.", "").replace(".default", "")
-    return _first_line(exc)
+    return first_line(exc)

@@ -101,7 +101,7 @@ def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
         )
-    tokenizer = load_tokenizer(runtime.model_path, cfg.model.name_or_path)
+    tokenizer = runtime.tokenizer
     try:
         model = AutoModelForCausalLM.from_pretrained(runtime.model_path, dtype=dtype, quantization_config=quantization)
     except OSError as exc:

@@ -46,6 +46,7 @@ class Runtime:
     model_path: str  # local folder or Hub id (builtin names resolved)
     examples: list  # list[data.Example]: the example set, loaded once
     longest_prompt_tokens: int  # the longest rendered prompt of the example set
+    tokenizer: Any  # the model's tokenizer (with a pad token), loaded once: prompts were measured with it
 
 
 def cuda_available() -> bool:
@@ -90,4 +91,5 @@ def training_runtime(cfg: Any, launch: Launch) -> Runtime:
     tokenizer = load_tokenizer(model_path, cfg.model.name_or_path)
     prompts = [render_prompt(example.prompt, cfg.data.template, tokenizer) for example in examples]
     longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts)
-    return Runtime(launch, on_cuda, backend, compute_dtype(cfg.model.dtype, on_cuda), model_path, examples, longest)
+    dtype = compute_dtype(cfg.model.dtype, on_cuda)
+    return Runtime(launch, on_cuda, backend, dtype, model_path, examples, longest, tokenizer)
