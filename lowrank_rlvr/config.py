@@ -59,7 +59,19 @@ class ModelSettings(_Section):
         description="Unsloth standby (UNSLOTH_VLLM_STANDBY=1): vLLM and training share memory in turns; "
         "lets a larger KV cache fit at some speed cost.",
     )
+    fast_inference: bool = Field(
+        True,
+        description="unsloth backend: sample rollouts with Unsloth's colocated vLLM engine (Unsloth's "
+        "`fast_inference`). false keeps Unsloth's 4-bit LoRA and kernels for the update but samples with transformers "
+        "`generate` (TRL's use_vllm off; no vLLM share of the GPU), for machines without a working vLLM.",
+    )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
+
+    @model_validator(mode="after")
+    def _standby_needs_vllm(self) -> ModelSettings:
+        if self.vllm_standby and not self.fast_inference:
+            raise ValueError("vllm_standby needs fast_inference (standby shares memory with Unsloth's vLLM engine)")
+        return self
 
 
 class LoraSettings(_Section):

@@ -3,7 +3,8 @@
 - `hf`: transformers `AutoModelForCausalLM` (optionally 4-bit NF4 through bitsandbytes) + a peft LoRA adapter.
   Runs on CPU (tests, the tiny demo) and on any number of GPUs under `accelerate launch`.
 - `unsloth`: Unsloth's `FastLanguageModel` (4-bit, fused kernels, gradient checkpointing "unsloth") with a colocated
-  vLLM engine (`fast_inference=True`) that samples from the live LoRA weights. CUDA only; imported lazily.
+  vLLM engine (`fast_inference=True`) that samples from the live LoRA weights, or without one
+  (`model.fast_inference: false`: TRL samples with transformers `generate`). CUDA only; imported lazily.
 
 Either way the frozen base is never changed: only the adapter trains, and with `beta > 0` the KL reference is the
 same base with the adapter switched off (no second copy of the weights).
@@ -119,7 +120,8 @@ def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
 
 
 def _load_unsloth(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, None]:
-    """Unsloth 2026.10.9: 4-bit base, fused kernels, vLLM colocated (`fast_inference`) serving the live LoRA."""
+    """Unsloth 2026.10.9: 4-bit base, fused kernels, vLLM colocated (`fast_inference`, loader.py:1262, default
+    False there) serving the live LoRA, unless `model.fast_inference` is off."""
     if cfg.model.vllm_standby:
         # Read by unsloth_zoo when vLLM starts: weights and KV cache are offloaded in turns with training.
         os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
@@ -132,7 +134,7 @@ def _load_unsloth(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, None]:
         max_seq_length=max_seq_length,
         load_in_4bit=cfg.model.load_in_4bit,
         dtype=runtime.dtype,
-        fast_inference=True,
+        fast_inference=cfg.model.fast_inference,
         max_lora_rank=cfg.lora.r,
         gpu_memory_utilization=cfg.model.gpu_memory_utilization,
     )

@@ -43,6 +43,10 @@ unsloth backend (`auto` on a CUDA machine with the [gpu] extra), colocated vLLM:
   is the larger. Unsloth then overrides `gpu_memory_utilization` with its own target (`standby_utilization`,
   vllm_utils.py:4471-4495), so the config's value is not used.
 
+unsloth backend without vLLM (`model.fast_inference: false`): TRL samples with transformers `generate`, so there is
+no vLLM share: the two phases of the hf backend below (generation KV cache, then training), with Unsloth's training
+memory (offloaded checkpoints, chunked logits).
+
 hf backend (transformers + peft): two phases. Generation with `generate` keeps a KV cache for the whole generation
 batch (`per_device_train_batch_size x gradient_accumulation_steps` sequences); training computes the full logits of
 a micro-batch (TRL 1.14.2 without Liger: `tokens x vocab x (dtype + fp32 log-softmax + fp32 gradient)`) and keeps
@@ -257,6 +261,7 @@ class PlanInputs:
     gpu_memory_utilization: float
     vllm_standby: bool
     use_vllm: bool  # hf backend only: TRL's colocated vLLM
+    fast_inference: bool  # unsloth backend only: Unsloth's colocated vLLM (False: transformers generate)
     gradient_checkpointing: bool
     beta: float
     gpu_bytes: float
@@ -268,6 +273,10 @@ class PlanInputs:
     @property
     def generation_batch(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def samples_with_vllm(self) -> bool:
+        return self.fast_inference if self.backend == "unsloth" else self.use_vllm
 
 
 @dataclass(frozen=True)
@@ -332,6 +341,7 @@ def plan_inputs(cfg: RunConfig, gpu_gib: float) -> PlanInputs:
         gpu_memory_utilization=cfg.model.gpu_memory_utilization,
         vllm_standby=cfg.model.vllm_standby,
         use_vllm=g.use_vllm,
+        fast_inference=cfg.model.fast_inference,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         beta=g.beta,
         gpu_bytes=gpu_gib * GiB,
@@ -368,7 +378,7 @@ def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]]
     training = training_lines(shape, x)
     kv_needed = x.num_generations * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
 
-    if x.backend == "unsloth":
+    if x.backend == "unsloth" and x.fast_inference:
         utilization = standby_utilization(x.gpu_bytes) if x.vllm_standby else x.gpu_memory_utilization
         share = utilization * x.gpu_bytes
         runtime = vllm_runtime_bytes(shape, x, kv_budget=share - weights.bytes)
@@ -394,7 +404,7 @@ def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]]
         }
         return phases, problems, kv_sequences
 
-    if x.use_vllm:  # TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it
+    if x.samples_with_vllm:  # hf backend: TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it
         share = x.gpu_memory_utilization * x.gpu_bytes
         vllm_weights = weights_bytes(shape, False, 2)
         runtime = vllm_runtime_bytes(shape, x, kv_budget=share - vllm_weights)
@@ -499,7 +509,7 @@ def standby_utilization(gpu_bytes: float) -> float:
 
 def _weights_note(x: PlanInputs) -> str:
     linear = "NF4 linears" if x.load_in_4bit else f"{8 * x.compute_bytes}-bit linears"
-    shared = ", shared by vLLM and training" if x.backend == "unsloth" else ""
+    shared = ", shared by vLLM and training" if x.backend == "unsloth" and x.fast_inference else ""
     return f"{linear}, {8 * x.compute_bytes}-bit embeddings{shared}"
 
 
@@ -533,13 +543,13 @@ def suggestions(shape: ModelShape, x: PlanInputs) -> list[str]:
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(max_completion_length=middle) else (low, middle - 1)
         found.append(f"grpo.max_completion_length={low if low < 128 else low - low % 128}")
-    if not x.vllm_standby and x.backend == "unsloth" and fits(vllm_standby=True):
+    if not x.vllm_standby and x.backend == "unsloth" and x.fast_inference and fits(vllm_standby=True):
         found.append("model.vllm_standby=true")
     for rank in (r for r in (2**k for k in range(10, -1, -1)) if r < x.lora_rank):
         if fits(lora_rank=rank):
             found.append(f"lora.r={rank}")
             break
-    if (x.backend == "unsloth" and not x.vllm_standby) or x.use_vllm:
+    if x.samples_with_vllm and not x.vllm_standby:
         good = [u / 100 for u in range(20, 96, 5) if fits(gpu_memory_utilization=u / 100)]
         if good:
             found.append(f"model.gpu_memory_utilization between {good[0]:.2f} and {good[-1]:.2f}")
@@ -606,7 +616,7 @@ def render(plan: Plan, gpu_source: str, requested_backend: str, advice: list[str
     for phase, lines in plan.phases.items():
         if phase != plan.peak_phase:
             console.print(f"other phase '{phase}': {sum(line.bytes for line in lines) / GiB:.2f} GiB")
-    if x.backend == "unsloth" or x.use_vllm:
+    if x.samples_with_vllm:
         sequences = f"{plan.kv_sequences:.1f} sequences of {x.sequence_tokens} tokens"
         console.print(f"the sampler's KV cache holds {sequences} at once")
     headroom = (x.gpu_bytes - plan.total_bytes) / GiB

@@ -147,8 +147,8 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
         save_steps=g.save_steps,
         logging_steps=g.logging_steps,
         seed=g.seed,
-        # unsloth samples from its colocated engine (fast_inference); hf uses vLLM only when asked
-        use_vllm=backend == "unsloth" or g.use_vllm,
+        # unsloth samples from its colocated engine unless model.fast_inference is off; hf uses vLLM only when asked
+        use_vllm=cfg.model.fast_inference if backend == "unsloth" else g.use_vllm,
         vllm_mode=g.vllm_mode,
         vllm_server_host=g.vllm_server_host,
         vllm_server_port=g.vllm_server_port,
