@@ -21,7 +21,9 @@ For each shipped 24 GB config (`qwen2.5-math-1.5b-pi1`, then `qwen2.5-math-7b-pi
 5. `plan`'s estimate for the same settings (`plan.estimate`, its 'train' phase) beside the measured peak.
 
 Memory is the driver's view (NVML, else `torch.cuda.mem_get_info`) sampled every few milliseconds, combined with
-torch's exact allocator peak plus the non-torch memory (CUDA context, library workspaces), in GiB as `plan` prints.
+torch's exact allocator peak plus the non-torch memory (CUDA context, library workspaces), in GiB as `plan` prints,
+per phase: the load (`load_*`), the update steps (`update_*`, which is `peak_memory_gb`; the load's cached blocks are
+released first, as the allocator would before failing) and the generate (`generation_*`).
 A 24 GB card is emulated on a bigger GPU: torch's allocator is capped with `set_per_process_memory_fraction` at
 24 GiB minus the non-torch memory already in use, and the vLLM share (`--fast-inference` only) is rescaled so that it
 is the config's share of 24 GiB. Each model's result is written to the JSON file as soon as it exists, so a command
@@ -217,6 +219,9 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
         record["config"]["use_vllm"] = bool(trainer.args.use_vllm)  # what TRL was given
         record["load_seconds"] = round(time.perf_counter() - t0, 2)
         shutil.rmtree(folder, ignore_errors=True)  # loaded (and quantized): the 16-bit copy is not needed any more
+        record.update(memory.peak(prefix="load_"))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the load's cached blocks: what the allocator gives back before it would fail
         record["memory_after_load"] = memory.snapshot()
 
         rollouts = SyntheticRollouts(cfg, prompt_tokens, tokenizer_spec["<|endoftext|>"], shape.vocab_size, trainer)
@@ -237,6 +242,7 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
         record.update(memory.peak(prefix="update_"))
         record["peak_memory_gb"] = record["update_peak_memory_gb"]
         record["plan_error_percent"] = round(100 * (record["plan_estimate_gb"] / record["peak_memory_gb"] - 1), 1)
+        record["fits_emulated_card"] = record["peak_memory_gb"] <= args.emulate_gib
         results.save()
 
         print(f"== {key}: generate", flush=True)

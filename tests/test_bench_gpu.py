@@ -112,3 +112,18 @@ def test_standby_without_fast_inference_is_rejected_before_any_model(cli):
         "qwen2.5-math-1.5b-pi1.yaml: model: vllm_standby needs fast_inference "
         "(standby shares memory with Unsloth's vLLM engine)"
     ), lines
+
+
+def test_rehearsal_time_budget_skips_what_would_not_finish(tmp_path):
+    """A spent budget starts no model and still writes a finished file that says why."""
+    command = [
+        sys.executable, str(REPO / "scripts" / "bench_gpu.py"), "--rehearse", "--output-dir", str(tmp_path),
+        "--work-dir", str(tmp_path / "work"), "--time-budget", "0",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = tmp_path.glob("gpu-rehearsal-cpu-*.json")
+    data = json.loads(result.read_text())
+    assert data["finished"] and data["runs"] == []
+    assert [s["model"] for s in data["skipped"]] == ["qwen2.5-math-1.5b", "qwen2.5-math-7b"]
+    assert all(s["why"].startswith("time budget") for s in data["skipped"])
