@@ -72,9 +72,11 @@ QWEN2_MATH_CONFIG = dict(
 QWEN_TOKENIZER = {"size": 151665, "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
 REHEARSAL_TOKENIZER = {"size": 500, "<|endoftext|>": 497, "<|im_start|>": 498, "<|im_end|>": 499}
 REHEARSAL_COMPLETION_TOKENS = 32
-VERSIONED = (
+VERSIONED = (  # pyproject.toml's pins and what Unsloth needs: the GPU machine's own versions get recorded
     "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo", "datasets",
-    "triton", "xformers", "vllm", "pydantic", "tokenizers", "safetensors", "numpy", "nvidia-ml-py",
+    "triton", "xformers", "vllm", "torchao", "cut_cross_entropy", "pydantic", "typing_extensions", "tokenizers",
+    "safetensors", "huggingface_hub", "numpy", "math-verify", "typer", "rich", "PyYAML", "pandas", "pyarrow",
+    "matplotlib", "nvidia-ml-py",
 )
 SAMPLE_SECONDS = 0.005  # how often the driver's memory figure is read
 GENERATION_RESERVE_SECONDS = 30  # kept free for the short generate when the time budget runs low
