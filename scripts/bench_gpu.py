@@ -219,6 +219,9 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
         model, tokenizer, peft_config = load_policy(cfg, runtime)
         trainer = build_trainer(cfg, runtime, model, tokenizer, peft_config, grpo_arguments)
         record["config"]["use_vllm"] = bool(trainer.args.use_vllm)  # what TRL was given
+        record["config"]["trl_args"] = {  # as the trainer holds them (Unsloth's GRPOConfig may change some)
+            name: getattr(trainer.args, name, None) for name in TRL_ARGS
+        }
         record["load_seconds"] = round(time.perf_counter() - t0, 2)
         shutil.rmtree(folder, ignore_errors=True)  # loaded (and quantized): the 16-bit copy is not needed any more
         record.update(memory.peak(prefix="load_"))
@@ -271,6 +274,11 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
     return record
 
 
+TRL_ARGS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "generation_batch_size",
+    "num_generations", "max_completion_length", "use_vllm", "loss_type", "beta", "epsilon", "epsilon_high",
+    "optim", "learning_rate", "bf16", "fp16", "gradient_checkpointing", "temperature",
+)
 SUMMARY_KEYS = (
     "peak_memory_gb", "plan_estimate_gb", "plan_error_percent", "step_seconds", "update_seconds",
     "trained_tokens_per_second", "generated_tokens_per_second",
@@ -419,8 +427,14 @@ def run_generate(trainer, rollouts: SyntheticRollouts, args, budget: Budget) -> 
     """One group through `generate` with TRL's generation config, every sequence forced to `generate_tokens`."""
     import torch
 
+    from transformers import GenerationConfig
+
     model = trainer.model
-    config = copy.deepcopy(trainer.generation_config)  # built by TRL 1.14.2's GRPOTrainer (grpo_trainer.py:1130)
+    built = getattr(trainer, "generation_config", None)  # TRL 1.14.2's GRPOTrainer builds it (grpo_trainer.py:1130)
+    a = trainer.args
+    config = copy.deepcopy(built) if built is not None else GenerationConfig(
+        do_sample=True, temperature=a.temperature, top_p=a.top_p, pad_token_id=trainer.processing_class.pad_token_id
+    )
     new_tokens = min(args.generate_tokens, rollouts.completion_tokens)
     config.max_new_tokens = config.min_new_tokens = new_tokens
     config.max_time = max(5.0, min(args.generate_max_seconds, budget.remaining() - 10))
@@ -441,6 +455,7 @@ def run_generate(trainer, rollouts: SyntheticRollouts, args, budget: Budget) -> 
         "generated_tokens": int(generated),
         "generated_tokens_per_second": round(generated / seconds, 1),
         "generation_max_time": config.max_time,
+        "generation_config": "TRL's" if built is not None else "fallback (TRL built none)",
     }
 
 

@@ -51,6 +51,11 @@ def test_rehearsal_writes_the_gpu_schema_for_both_configs(rehearsal):
         assert not missing, missing
         assert run["backend"] == "hf" and run["device"] == rehearsal["device"]
         assert run["config"]["fast_inference"] is False and run["config"]["use_vllm"] is False
+        trl = run["config"]["trl_args"]  # what TRL's GRPOConfig holds: the bench's settings reached it unchanged
+        assert (trl["per_device_train_batch_size"], trl["gradient_accumulation_steps"], trl["use_vllm"]) == (
+            run["config"]["per_device_train_batch_size"], run["config"]["gradient_accumulation_steps"], False
+        )
+        assert trl["max_completion_length"] == run["config"]["max_completion_length"]
 
 
 def test_rehearsal_steps_are_one_worst_case_group_through_the_real_update(rehearsal):
