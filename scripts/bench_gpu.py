@@ -40,6 +40,7 @@ nothing about a GPU. Results: `<output-dir>/gpu-<device>-<date>.json` (`gpu-rehe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -85,8 +86,14 @@ GENERATION_RESERVE_SECONDS = 30  # kept free for the short generate when the tim
 def main() -> int:
     args = parse_args()
     started = time.monotonic()
+    import_error = None
     if not args.rehearse:
-        import unsloth  # noqa: F401  (before transformers and trl: it patches them)
+        try:
+            import unsloth  # noqa: F401  (before transformers and trl: it patches them)
+        except Exception:  # recorded in the results file: what was missing on arrival
+            import_error = traceback.format_exc()[-4000:]
+            print(import_error, file=sys.stderr, flush=True)
+    import_seconds = time.monotonic() - started
     import torch
 
     on_cuda = not args.rehearse
@@ -109,11 +116,16 @@ def main() -> int:
             "versions": versions(),
             "emulation": emulation,
             "memory_unit": "GiB (2**30 bytes), as `lowrank-rlvr plan` prints",
+            "unsloth_import_seconds": None if args.rehearse else round(import_seconds, 1),
             "runs": [],
             "skipped": [],
             "finished": False,
         },
     )
+    if import_error is not None:
+        results.data["unsloth_import_error"] = import_error
+        results.finish(time.monotonic() - started)
+        return 1
     budget = Budget(started, args.time_budget)
     work = Path(args.work_dir) if args.work_dir else scratch_dir()
     failures = 0
@@ -177,7 +189,8 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
     try:
         print(f"== {key}: writing a random model ({shape.name})", flush=True)
         t0 = time.perf_counter()
-        write_random_model(folder, shape, tokenizer_spec, on_cuda=not args.rehearse)
+        with memory.uncapped():  # writing the weights is no part of what is measured
+            write_random_model(folder, shape, tokenizer_spec, on_cuda=not args.rehearse)
         record["write_random_model_seconds"] = round(time.perf_counter() - t0, 2)
 
         cfg, overrides = bench_config(key, folder, args, memory, load_config)
@@ -538,6 +551,7 @@ class DeviceMemory:
         self.source = "process RSS (/proc/self/statm)"
         self.total_gib = 0.0
         self.non_torch_start = 0.0
+        self.fraction = 1.0
         if on_cuda:
             import torch
 
@@ -587,12 +601,28 @@ class DeviceMemory:
         self.non_torch_start = self.used() - torch.cuda.memory_reserved()
         fraction = (gib * 2**30 - self.non_torch_start) / (self.total_gib * 2**30)
         torch.cuda.set_per_process_memory_fraction(fraction, 0)
+        self.fraction = fraction
         return {
             "emulated_gpu_gib": gib,
             "gpu_total_gib": round(self.total_gib, 3),
             "non_torch_gib_at_start": round(self.non_torch_start / 2**30, 3),
             "torch_memory_fraction": round(fraction, 5),
         }
+
+    @contextlib.contextmanager
+    def uncapped(self):
+        """The whole GPU for a while (the emulation's cap back on after, with the cache emptied)."""
+        import torch
+
+        if not self.on_cuda:
+            yield
+            return
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+        try:
+            yield
+        finally:
+            torch.cuda.empty_cache()
+            torch.cuda.set_per_process_memory_fraction(self.fraction, 0)
 
     def start_phase(self) -> None:
         self._max = self.used()
