@@ -29,7 +29,7 @@ A 24 GB card is emulated on a bigger GPU: torch's allocator is capped with `set_
 is the config's share of 24 GiB. Each model's result is written to the JSON file as soon as it exists, so a command
 cut short still leaves what was measured; `--time-budget` stops starting work that would not finish in time.
 
-    python scripts/bench_gpu.py --output-dir $OUT --time-budget 510      # on a CUDA machine with Unsloth
+    python scripts/bench_gpu.py --output-dir $OUT --time-budget 460      # on a CUDA machine with Unsloth
     python scripts/bench_gpu.py --rehearse --output-dir /tmp/rehearsal   # CPU: same path, hf backend, tiny shapes
 
 `--rehearse` runs the same code with a tiny Qwen2 of the same layout (hf backend: Unsloth cannot be imported without
