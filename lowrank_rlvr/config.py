@@ -29,6 +29,12 @@ PAPER_TEMPERATURE = 0.6
 PAPER_MAX_COMPLETION_LENGTH = 3072
 DEFAULT_TEMPLATE = "qwen-math-cot"
 SMOLLM2_MODEL = "builtin:smollm2-135m"
+# unsloth_zoo 2026.10.9's vLLM load (vllm_utils.py:4633-4634) takes only float16 / bfloat16: `raise
+# NotImplementedError(f"Unsloth: We do not support dtype = {dtype} yet!")`; our unsloth backend always loads vLLM.
+UNSLOTH_FLOAT32 = (
+    "float32 cannot run on the unsloth backend (its vLLM engine takes only float16 or bfloat16): use model.dtype: auto, "
+    "or model.backend: hf"
+)
 
 
 class _Section(BaseModel):
@@ -49,15 +55,22 @@ class ModelSettings(_Section):
     )
     load_in_4bit: bool = Field(True, description="Quantize the frozen base to 4-bit NF4 (bitsandbytes).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Compute dtype. 'auto': bfloat16 where the GPU has it, float16 on older GPUs, float32 on CPU."
+        "auto",
+        description="Compute dtype. 'auto': bfloat16 on a GPU of compute capability >= 8.0, float16 on older GPUs "
+        "(a T4), float32 on CPU. float32 is hf-only.",
     )
     gpu_memory_utilization: float = Field(
-        0.5, gt=0, lt=1, description="Share of GPU memory vLLM may take for weights and KV cache (colocated sampling)."
+        0.5,
+        gt=0,
+        lt=1,
+        description="Share of memory vLLM may take for weights and KV cache (colocated sampling). unsloth: a share of "
+        "the memory FREE when vLLM loads (what the training process already holds is not counted), so the same "
+        "value gives vLLM less on a busy GPU; hf with grpo.use_vllm (TRL's vLLM): a share of the whole GPU.",
     )
     vllm_standby: bool = Field(
         False,
-        description="Unsloth standby (UNSLOTH_VLLM_STANDBY=1): vLLM and training share memory in turns; "
-        "lets a larger KV cache fit at some speed cost.",
+        description="Unsloth standby: vLLM and training share memory in turns; lets a larger KV cache fit at some "
+        "speed cost. Sets UNSLOTH_VLLM_STANDBY to 1 or 0 (an inherited value is overridden).",
     )
     fast_inference: bool = Field(
         True,
@@ -221,6 +234,22 @@ class RunConfig(_Section):
         g = self.grpo
         if g.save_steps > g.max_steps:
             raise ValueError(f"save_steps ({g.save_steps}) > max_steps ({g.max_steps}): no checkpoint would be written")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_can_run(self) -> RunConfig:
+        m = self.model
+        if m.backend == "unsloth" and m.dtype == "float32":
+            raise ValueError(f"model.dtype: {UNSLOTH_FLOAT32}")
+        # trl 1.14.2 starts TRL's vLLM with quantization="bitsandbytes" for a 4-bit model and syncs the merged
+        # weights as `param.data` (trl/generation/vllm_generation.py:341, 467, 511): packed 4-bit tensors without
+        # their quantization state. On the unsloth backend its own engine syncs instead: grpo.use_vllm is not read.
+        if m.backend != "unsloth" and m.load_in_4bit and self.grpo.use_vllm:
+            raise ValueError(
+                "grpo.use_vllm with model.load_in_4bit cannot sync weights on the hf backend (trl 1.14.2 sends the "
+                "packed 4-bit tensors without their quantization state): set model.load_in_4bit: false (a 16-bit "
+                "base) or grpo.use_vllm: false"
+            )
         return self
 
     def generation_batch_size(self, world_size: int = 1) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from lowrank_rlvr.runtime import choose_backend
+from lowrank_rlvr.runtime import NvidiaDriver, choose_backend, has_bf16, nvidia_driver
 
 GiB = 1024**3
 
@@ -20,9 +20,11 @@ def environment_report() -> str:
 
     versions = {name: _version(name) for name in DOCTOR_PACKAGES}
     gpu = _gpu_info()
+    driver = nvidia_driver()
     lines = [f"python: {platform.python_version()}"]
     lines += [f"{name}: {versions[name] or 'not installed'}" for name in DOCTOR_PACKAGES]
     lines.append(f"CUDA (torch build): {gpu['cuda_build'] or 'none'}")
+    lines.append(f"NVIDIA driver: {driver.describe() if driver else 'none found (no nvidia-smi, no /proc/driver/nvidia)'}")
     if gpu["name"]:
         lines.append(
             f"GPU: {gpu['name']}, {gpu['gib']:.2f} GiB, "
@@ -32,11 +34,11 @@ def environment_report() -> str:
     else:
         lines.append("GPU: none visible to torch")
     lines.append(f"backend 'auto' picks: {choose_backend('auto', on_cuda=gpu['name'] is not None)}")
-    lines += [f"warning: {w}" for w in known_bad_combinations(versions, gpu)]
+    lines += [f"warning: {w}" for w in known_bad_combinations(versions, gpu, driver)]
     return "\n".join(lines)
 
 
-def known_bad_combinations(versions: dict[str, str | None], gpu: dict) -> list[str]:
+def known_bad_combinations(versions: dict[str, str | None], gpu: dict, driver: NvidiaDriver | None = None) -> list[str]:
     """Warnings for combinations that fail or silently degrade (sources: the pinned wheels' metadata and code)."""
     from packaging.version import InvalidVersion, Version
 
@@ -47,6 +49,11 @@ def known_bad_combinations(versions: dict[str, str | None], gpu: dict) -> list[s
             return False
 
     warnings = []
+    if driver is not None and not gpu["name"]:
+        warnings.append(
+            f"an NVIDIA GPU is present ({driver.describe()}) but torch (CUDA build {gpu['cuda_build'] or 'none'}) "
+            "cannot use it: `train` refuses to train a real model on the CPU (README: GPU install)"
+        )
     has_unsloth = versions["unsloth"] is not None
     if has_unsloth and not gpu["name"]:
         warnings.append("unsloth is installed but no CUDA GPU is visible: 'auto' falls back to the hf backend")
@@ -101,6 +108,6 @@ def _gpu_info() -> dict:
             name=props.name,
             gib=props.total_memory / GiB,
             capability=(props.major, props.minor),
-            bf16=torch.cuda.is_bf16_supported(),
+            bf16=has_bf16((props.major, props.minor)),  # not is_bf16_supported(): it counts emulation (a T4)
         )
     return info

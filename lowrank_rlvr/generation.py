@@ -6,7 +6,8 @@ One interface: `open_generator(backend, model_path, adapter_dirs, seed, batch_si
 `LoRARequest` per adapter, no merge; transformers: peft adapters by name).
 
 One dtype rule for both backends: the dtype the checkpoint's weights are stored in (`config.json`), so vLLM and
-transformers generate the same greedy tokens. (Training's compute dtype is a different setting: `model.dtype`.)
+transformers generate the same greedy tokens; except bf16 on a GPU without it (compute capability < 8.0, a T4), which
+generates in float16, the dtype training's `model.dtype: auto` picks there (`runtime.generation_dtype`).
 
 Where we depart from the Qwen2.5-Math evaluation suite: a prompt that leaves no room in the model's context gets an
 empty response (`skipped`), and generation is capped at the room left (`context - prompt`) instead of failing;
@@ -21,7 +22,7 @@ from typing import Any
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import read_adapter_config
-from lowrank_rlvr.runtime import cuda_available
+from lowrank_rlvr.runtime import cuda_available, cuda_capability, generation_dtype
 
 MAX_CONTEXT = 32768
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts (vllm 0.30-0.32)
@@ -89,7 +90,7 @@ def open_generator(backend: str, model_path: str, adapter_dirs: list[Path], seed
 
 
 def stored_dtype(model_path: str) -> str:
-    """The dtype the checkpoint's weights are stored in (config.json), used by both backends so they agree."""
+    """The dtype the checkpoint's weights are stored in (config.json)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_path)
@@ -140,7 +141,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.dtype = stored_dtype(model_path)
+        self.dtype = generation_dtype(stored_dtype(model_path), cuda_capability())
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -224,7 +225,7 @@ class VLLMGenerator:
     def __init__(self, model_path: str, adapter_dirs: list[Path], seed: int):
         from vllm import LLM
 
-        self.dtype = stored_dtype(model_path)
+        self.dtype = generation_dtype(stored_dtype(model_path), cuda_capability())
         self.context = context_length(model_path)
         rank = max((_adapter_rank(d) for d in adapter_dirs), default=0)
         lora = {}

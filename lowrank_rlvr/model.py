@@ -22,7 +22,7 @@ from lowrank_rlvr.config import SMOLLM2_MODEL, TINY_MODEL, RunConfig
 from lowrank_rlvr.errors import UserError
 
 if TYPE_CHECKING:
-    from lowrank_rlvr.runtime import Runtime
+    from lowrank_rlvr.runtime import Launch, Runtime
 
 ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # 'all-linear'
 
@@ -92,6 +92,18 @@ def _lora_target_modules(cfg: RunConfig) -> list[str]:
     return list(ALL_LINEAR_MODULES)
 
 
+def hf_device_map(launch: "Launch", on_cuda: bool, load_in_4bit: bool) -> dict[str, int] | None:
+    """Where the hf backend loads the base: a 4-bit base straight onto this rank's GPU (`cuda:<local_rank>`).
+
+    transformers 5.17's bnb 4-bit quantizer puts a model without a device_map on `torch.cuda.current_device()`, and
+    accelerate 1.15 refuses to train a 4-bit model that sits on another rank's GPU. A 16-bit base (or CPU) is loaded
+    without one and moved by the Trainer (a device_map would also conflict with DeepSpeed ZeRO-3).
+    """
+    if not (on_cuda and load_in_4bit):
+        return None
+    return {"": launch.local_rank}
+
+
 def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
     from peft import LoraConfig, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -104,7 +116,12 @@ def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
         )
     tokenizer = runtime.tokenizer
     try:
-        model = AutoModelForCausalLM.from_pretrained(runtime.model_path, dtype=dtype, quantization_config=quantization)
+        model = AutoModelForCausalLM.from_pretrained(
+            runtime.model_path,
+            dtype=dtype,
+            quantization_config=quantization,
+            device_map=hf_device_map(runtime.launch, runtime.on_cuda, cfg.model.load_in_4bit),
+        )
     except OSError as exc:
         raise UserError(f"model {cfg.model.name_or_path!r} could not be loaded: {exc}".splitlines()[0]) from None
     if cfg.model.load_in_4bit:
@@ -121,11 +138,9 @@ def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
 
 def _load_unsloth(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, None]:
     """Unsloth 2026.10.9: 4-bit base, fused kernels, vLLM colocated (`fast_inference`, loader.py:1262, default
-    False there) serving the live LoRA, unless `model.fast_inference` is off."""
-    if cfg.model.vllm_standby:
-        # Read by unsloth_zoo when vLLM starts: weights and KV cache are offloaded in turns with training.
-        os.environ["UNSLOTH_VLLM_STANDBY"] = "1"
-    from unsloth import FastLanguageModel  # noqa: F401  (import before trl/transformers models: it patches them)
+    False there) serving the live LoRA, unless `model.fast_inference` is off. `runtime.import_backend` imported
+    unsloth (and set UNSLOTH_VLLM_STANDBY) before transformers and CUDA."""
+    from unsloth import FastLanguageModel
 
     # vLLM's context is sized once, here: the longest rendered prompt of the data plus the completion budget.
     max_seq_length = runtime.longest_prompt_tokens + cfg.grpo.max_completion_length

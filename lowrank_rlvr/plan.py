@@ -23,7 +23,10 @@ unsloth backend (`auto` on a CUDA machine with the [gpu] extra), colocated vLLM:
   `max_num_batched_tokens`, the sampler's logits for `max_num_seqs`, and the LoRA slot buffers (max_lora_rank =
   `lora.r` rounded up to a rank vLLM supports). `max_num_batched_tokens` / `max_num_seqs` follow Unsloth's table
   (unsloth_zoo 2026.10.9 vllm_utils.py:4807-4816), keyed by the memory left for the KV cache.
-- vLLM KV cache: vLLM takes `gpu_memory_utilization x GPU` in all (weights + runtime + KV cache). The KV cache is
+- vLLM KV cache: vLLM takes `gpu_memory_utilization x GPU` in all (weights + runtime + KV cache). Unsloth's share
+  is of the memory FREE when vLLM loads, not of the card (unsloth_zoo 2026.10.9 vllm_utils.py:2585-2587,
+  `free_memory = gpu_memory_utilization * free_memory`): planned as a share of the whole GPU, which holds when
+  nothing else (another process, a notebook's earlier model) holds memory on it at load. The KV cache is
   what is left of that share, but at least one GRPO group (`num_generations` sequences of prompt + completion) must
   fit in it at once; when it does not, the line shows what the group needs and the plan fails with the share to ask.
 - LoRA: parameters, gradients and AdamW's two moments, all fp32 (16 bytes per adapter parameter). Only the seven
@@ -619,6 +622,11 @@ def render(plan: Plan, gpu_source: str, requested_backend: str, advice: list[str
     if x.samples_with_vllm:
         sequences = f"{plan.kv_sequences:.1f} sequences of {x.sequence_tokens} tokens"
         console.print(f"the sampler's KV cache holds {sequences} at once")
+    if x.backend == "unsloth":
+        console.print(
+            "Unsloth's vLLM share is of the memory free when it loads (unsloth_zoo 2026.10.9), planned here as of the "
+            "whole GPU: free it of other processes and models first, or vLLM gets less"
+        )
     headroom = (x.gpu_bytes - plan.total_bytes) / GiB
     for problem in plan.problems:
         console.print(f"problem: {problem}")

@@ -1,8 +1,11 @@
 """Facts about this process, worked out once at the start of a command and passed down.
 
-- the launch: this process's rank and the number of processes (set by `accelerate launch` / `torchrun`);
-- the machine: whether CUDA is there;
-- the training backend (`unsloth` or `hf`) and the compute dtype that follow from the config on this machine;
+- the launch: this process's rank, its local rank (its GPU) and the number of processes (set by
+  `accelerate launch` / `torchrun`);
+- the machine: whether CUDA is there, the GPU's compute capability, and the NVIDIA driver (present even when torch
+  cannot use it);
+- the training backend (`unsloth` or `hf`) and the compute dtype that follow from the config on this machine
+  (when the backend is unsloth it is imported here, before transformers and before CUDA is initialised);
 - the data: the example set and its longest rendered prompt in tokens (vLLM's context is sized from it).
 
 Nothing below this module reads the environment for these again.
@@ -12,7 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
@@ -22,6 +29,7 @@ from lowrank_rlvr.errors import UserError
 class Launch:
     rank: int  # 0 = the main process: the only one that writes the run folder
     world_size: int  # processes training together
+    local_rank: int = 0  # this process's index on its machine: the GPU it trains on (cuda:<local_rank>)
 
     @property
     def is_main(self) -> bool:
@@ -33,8 +41,12 @@ class Launch:
 
 
 def launch_from_environment() -> Launch:
-    """RANK and WORLD_SIZE as the launcher set them (a plain `lowrank-rlvr train` is rank 0 of 1)."""
-    return Launch(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    """RANK, WORLD_SIZE and LOCAL_RANK as the launcher set them (a plain `lowrank-rlvr train` is rank 0 of 1)."""
+    return Launch(
+        rank=int(os.environ.get("RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,45 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def cuda_capability() -> tuple[int, int] | None:
+    """(major, minor) compute capability of this process's GPU; None without CUDA. Initialises CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())
+
+
+# bf16 needs compute capability 8.0 (Ampere): vllm 0.30.0 vllm/platforms/cuda.py:669-686 refuses it below ("Bfloat16
+# is only supported on GPUs with compute capability of at least 8.0"), and torch 2.13's is_bf16_supported() says yes on
+# a T4 (7.5) because it counts emulation. One rule for training and generation, from the capability alone.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def has_bf16(capability: tuple[int, int] | None) -> bool:
+    return capability is not None and tuple(capability) >= BF16_MIN_CAPABILITY
+
+
+def compute_dtype(setting: str, capability: tuple[int, int] | None) -> Any:
+    """The torch dtype for `model.dtype` ('auto': bf16 on a GPU of capability >= 8.0, fp16 on older GPUs, fp32 on
+    CPU; `capability` None = CPU)."""
+    import torch
+
+    if setting != "auto":
+        return getattr(torch, setting)
+    if capability is None:
+        return torch.float32
+    return torch.bfloat16 if has_bf16(capability) else torch.float16
+
+
+def generation_dtype(stored: str, capability: tuple[int, int] | None) -> str:
+    """The dtype to generate in for a checkpoint stored in `stored`: as stored, except bf16 on a GPU without it
+    (capability < 8.0, e.g. a T4), which is float16, as `compute_dtype('auto', ...)` trains there."""
+    if stored == "bfloat16" and capability is not None and not has_bf16(capability):
+        return "float16"
+    return stored
+
+
 def choose_backend(requested: str, on_cuda: bool) -> str:
     """'auto' -> 'unsloth' with CUDA and the package, else 'hf'. An impossible explicit request is a UserError."""
     has_unsloth = importlib.util.find_spec("unsloth") is not None
@@ -68,28 +119,108 @@ def choose_backend(requested: str, on_cuda: bool) -> str:
     return requested
 
 
-def compute_dtype(setting: str, on_cuda: bool) -> Any:
-    """The torch dtype for `model.dtype` ('auto': bf16 if the GPU has it, fp16 on older GPUs, fp32 on CPU)."""
-    import torch
+@dataclass(frozen=True)
+class NvidiaDriver:
+    """An NVIDIA driver on this machine, seen without torch (torch may be unable to use it)."""
 
-    if setting != "auto":
-        return getattr(torch, setting)
-    if not on_cuda:
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    version: str  # e.g. '550.54.15'
+    gpu: str | None = None  # e.g. 'Tesla T4' (nvidia-smi only)
+    capability: str | None = None  # e.g. '7.5' (nvidia-smi of a driver >= 510 only)
+
+    def describe(self) -> str:
+        parts = [f"driver {self.version}"]
+        parts += [self.gpu] if self.gpu else []
+        parts += [f"compute capability {self.capability}"] if self.capability else []
+        return ", ".join(parts)
+
+
+NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
+
+
+def nvidia_driver() -> NvidiaDriver | None:
+    """The NVIDIA driver from `nvidia-smi` (driver, GPU name, capability), else from /proc/driver/nvidia/version
+    (driver only); None when neither is there."""
+    if shutil.which("nvidia-smi"):
+        for fields in ("driver_version,name,compute_cap", "driver_version,name"):  # compute_cap: drivers >= 510
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
+                    capture_output=True, text=True, timeout=20, check=True,
+                ).stdout.strip().splitlines()
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if out and out[0].strip():
+                values = [v.strip() for v in out[0].split(",")] + [None]
+                return NvidiaDriver(values[0], values[1] or None, values[2] if len(values) > 3 else None)
+    try:
+        text = NVIDIA_PROC_VERSION.read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module(?: for \S+)?\s+([0-9][0-9.]*)", text) or re.search(r"\b(\d{3}\.\d+(?:\.\d+)?)\b", text)
+    return NvidiaDriver(match.group(1)) if match else NvidiaDriver("unknown")
+
+
+def gpus_hidden(cuda_visible_devices: str | None) -> bool:
+    """CUDA_VISIBLE_DEVICES set to nothing ('' or -1): the GPUs are hidden on purpose, CPU training is meant."""
+    return cuda_visible_devices is not None and cuda_visible_devices.strip() in ("", "-1")
+
+
+def check_cpu_training(model_name: str, on_cuda: bool, driver: NvidiaDriver | None, cuda_visible_devices: str | None,
+                       torch_cuda: str | None) -> None:
+    """Refuse to train a real (non-builtin) model on the CPU when the machine has an NVIDIA GPU that torch cannot use:
+    that is a driver or wheel mismatch, not a choice, and the run would take days without a word."""
+    if on_cuda or driver is None or model_name.startswith("builtin:") or gpus_hidden(cuda_visible_devices):
+        return
+    build = f"torch built for CUDA {torch_cuda}" if torch_cuda else "a torch without CUDA (a CPU build)"
+    # torch 2.13.0's default Linux wheel is CUDA 13.0 (it requires cuda-toolkit 13.0.x): CUDA 13 needs driver >= 580
+    # and dropped GPUs below compute capability 7.5.
+    raise UserError(
+        f"an NVIDIA GPU is present ({driver.describe()}) but {build} cannot use it, so {model_name} would train on "
+        "the CPU: CUDA 13 needs driver >= 580 and compute capability >= 7.5; with an older driver install torch for "
+        "CUDA 12.8 (pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128), or set "
+        "CUDA_VISIBLE_DEVICES= to train on the CPU on purpose"
+    )
+
+
+def import_backend(backend: str, vllm_standby: bool) -> None:
+    """Import Unsloth first when it is the backend: it patches transformers, trl and peft as it is imported, and
+    unsloth_zoo 2026.10.9 sets the CUDA allocator from UNSLOTH_VLLM_STANDBY at import (unsloth_zoo/__init__.py:321),
+    so both must happen before transformers is imported and before CUDA is initialised."""
+    if backend != "unsloth":
+        return
+    # Set both ways: an inherited "1" would otherwise stay on (unsloth_zoo vllm_utils.py:4426 ORs it with the argument).
+    os.environ["UNSLOTH_VLLM_STANDBY"] = "1" if vllm_standby else "0"
+    import unsloth  # noqa: F401
 
 
 def training_runtime(cfg: Any, launch: Launch) -> Runtime:
     """Everything `train` needs to know before loading the model; bad data or an impossible backend fail here."""
     from lowrank_rlvr.data import load_examples, render_prompt
-    from lowrank_rlvr.model import load_tokenizer, resolve_model_path
 
     examples = load_examples(cfg.data)
     on_cuda = cuda_available()
     backend = choose_backend(cfg.model.backend, on_cuda)
+    if backend == "unsloth" and cfg.model.dtype == "float32":  # 'auto' became unsloth; an explicit one: config.py
+        from lowrank_rlvr.config import UNSLOTH_FLOAT32
+
+        raise UserError(f"model.dtype: {UNSLOTH_FLOAT32}")
+    if not on_cuda:
+        import torch
+
+        check_cpu_training(
+            cfg.model.name_or_path, on_cuda, nvidia_driver(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda
+        )
+    import_backend(backend, cfg.model.vllm_standby)  # before transformers (the tokenizer below) and CUDA
+    from lowrank_rlvr.model import load_tokenizer, resolve_model_path
+
+    capability = cuda_capability() if on_cuda else None  # initialises CUDA
+    if on_cuda:
+        import torch
+
+        torch.cuda.set_device(launch.local_rank)  # every rank its own GPU before anything is placed on one
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path, cfg.model.name_or_path)
     prompts = [render_prompt(example.prompt, cfg.data.template, tokenizer) for example in examples]
     longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts)
-    dtype = compute_dtype(cfg.model.dtype, on_cuda)
+    dtype = compute_dtype(cfg.model.dtype, capability)
     return Runtime(launch, on_cuda, backend, dtype, model_path, examples, longest, tokenizer)
