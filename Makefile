@@ -52,3 +52,9 @@ test-vllm: setup-vllm
 
 clean-vllm:
 	rm -rf $(VLLM_VENV)
+
+# pip's resolver only (no CUDA downloads): does `pip install ".[gpu]"` still resolve on Python 3.11-3.13? 1.5-4 min on
+# a loaded 2-core machine, network to the index needed; `--write` records the set in benchmarks/results/.
+.PHONY: check-gpu-install
+check-gpu-install:
+	$(BIN)/python scripts/check_gpu_install.py

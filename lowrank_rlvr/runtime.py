@@ -156,7 +156,8 @@ def nvidia_driver() -> NvidiaDriver | None:
         text = NVIDIA_PROC_VERSION.read_text()
     except OSError:
         return None
-    match = re.search(r"Kernel Module(?: for \S+)?\s+([0-9][0-9.]*)", text) or re.search(r"\b(\d{3}\.\d+(?:\.\d+)?)\b", text)
+    # 'NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05 ...' (open modules: '... Kernel Module for x86_64')
+    match = re.search(r"Kernel Module(?: for \S+)?\s+([0-9][0-9.]*)", text)
     return NvidiaDriver(match.group(1)) if match else NvidiaDriver("unknown")
 
 
@@ -165,20 +166,21 @@ def gpus_hidden(cuda_visible_devices: str | None) -> bool:
     return cuda_visible_devices is not None and cuda_visible_devices.strip() in ("", "-1")
 
 
-def check_cpu_training(model_name: str, on_cuda: bool, driver: NvidiaDriver | None, cuda_visible_devices: str | None,
-                       torch_cuda: str | None) -> None:
+def check_cpu_training(
+    model_name: str, on_cuda: bool, driver: NvidiaDriver | None, cuda_visible_devices: str | None, torch_cuda: str | None
+) -> None:
     """Refuse to train a real (non-builtin) model on the CPU when the machine has an NVIDIA GPU that torch cannot use:
     that is a driver or wheel mismatch, not a choice, and the run would take days without a word."""
     if on_cuda or driver is None or model_name.startswith("builtin:") or gpus_hidden(cuda_visible_devices):
         return
     build = f"torch built for CUDA {torch_cuda}" if torch_cuda else "a torch without CUDA (a CPU build)"
-    # torch 2.13.0's default Linux wheel is CUDA 13.0 (it requires cuda-toolkit 13.0.x): CUDA 13 needs driver >= 580
-    # and dropped GPUs below compute capability 7.5.
+    # torch 2.13.0's default Linux wheel and vllm 0.30.0's are CUDA 13.0 builds (torch requires cuda-toolkit 13.0.3,
+    # vllm nvidia-cutlass-dsl[cu13]): CUDA 13 needs driver >= 580 and dropped GPUs below compute capability 7.5.
     raise UserError(
         f"an NVIDIA GPU is present ({driver.describe()}) but {build} cannot use it, so {model_name} would train on "
-        "the CPU: CUDA 13 needs driver >= 580 and compute capability >= 7.5; with an older driver install torch for "
-        "CUDA 12.8 (pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128), or set "
-        "CUDA_VISIBLE_DEVICES= to train on the CPU on purpose"
+        "the CPU: the [gpu] install needs driver >= 580 and compute capability >= 7.5 (plan --env shows both); with "
+        "an older driver update it, or use the hf backend with torch for CUDA 12.8 (pip install torch==2.13.0 "
+        "--index-url https://download.pytorch.org/whl/cu128); set CUDA_VISIBLE_DEVICES= to train on the CPU on purpose"
     )
 
 
@@ -213,11 +215,11 @@ def training_runtime(cfg: Any, launch: Launch) -> Runtime:
     import_backend(backend, cfg.model.vllm_standby)  # before transformers (the tokenizer below) and CUDA
     from lowrank_rlvr.model import load_tokenizer, resolve_model_path
 
-    capability = cuda_capability() if on_cuda else None  # initialises CUDA
-    if on_cuda:
+    if on_cuda:  # initialises CUDA: every rank its own GPU before anything is placed on one
         import torch
 
-        torch.cuda.set_device(launch.local_rank)  # every rank its own GPU before anything is placed on one
+        torch.cuda.set_device(launch.local_rank)
+    capability = cuda_capability() if on_cuda else None  # of this rank's GPU
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path, cfg.model.name_or_path)
     prompts = [render_prompt(example.prompt, cfg.data.template, tokenizer) for example in examples]
