@@ -68,7 +68,7 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
         print("\n".join(tracking), flush=True)
     _configure_cpu(runtime)
 
-    model, tokenizer, peft_config = load_policy(cfg, runtime)  # unsloth (if chosen) is imported here, before trl
+    model, tokenizer, peft_config = load_policy(cfg, runtime)  # unsloth (if chosen): imported by training_runtime
     from datasets import Dataset
     from transformers import PrinterCallback, set_seed
     from trl import GRPOTrainer
