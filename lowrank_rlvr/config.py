@@ -30,10 +30,10 @@ PAPER_MAX_COMPLETION_LENGTH = 3072
 DEFAULT_TEMPLATE = "qwen-math-cot"
 SMOLLM2_MODEL = "builtin:smollm2-135m"
 # unsloth_zoo 2026.10.9's vLLM load (vllm_utils.py:4633-4634) takes only float16 / bfloat16: `raise
-# NotImplementedError(f"Unsloth: We do not support dtype = {dtype} yet!")`; our unsloth backend always loads vLLM.
+# NotImplementedError(f"Unsloth: We do not support dtype = {dtype} yet!")` (without vLLM, llama.py:3620 allows float32).
 UNSLOTH_FLOAT32 = (
-    "float32 cannot run on the unsloth backend (its vLLM engine takes only float16 or bfloat16): use model.dtype: auto, "
-    "or model.backend: hf"
+    "float32 cannot run on the unsloth backend with fast_inference (its vLLM engine takes only float16 or bfloat16): "
+    "use model.dtype: auto, model.fast_inference: false or model.backend: hf"
 )
 
 
@@ -64,7 +64,7 @@ class ModelSettings(_Section):
         gt=0,
         lt=1,
         description="Share of memory vLLM may take for weights and KV cache (colocated sampling). unsloth: a share of "
-        "the memory FREE when vLLM loads (what the training process already holds is not counted), so the same "
+        "the memory FREE when vLLM loads (what other processes or earlier models hold is left out), so the same "
         "value gives vLLM less on a busy GPU; hf with grpo.use_vllm (TRL's vLLM): a share of the whole GPU.",
     )
     vllm_standby: bool = Field(
@@ -239,7 +239,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _backend_can_run(self) -> RunConfig:
         m = self.model
-        if m.backend == "unsloth" and m.dtype == "float32":
+        if m.backend == "unsloth" and m.fast_inference and m.dtype == "float32":
             raise ValueError(f"model.dtype: {UNSLOTH_FLOAT32}")
         # trl 1.14.2 starts TRL's vLLM with quantization="bitsandbytes" for a 4-bit model and syncs the merged
         # weights as `param.data` (trl/generation/vllm_generation.py:341, 467, 511): packed 4-bit tensors without

@@ -622,7 +622,7 @@ def render(plan: Plan, gpu_source: str, requested_backend: str, advice: list[str
     if x.samples_with_vllm:
         sequences = f"{plan.kv_sequences:.1f} sequences of {x.sequence_tokens} tokens"
         console.print(f"the sampler's KV cache holds {sequences} at once")
-    if x.backend == "unsloth":
+    if x.backend == "unsloth" and x.fast_inference:
         console.print(
             "Unsloth's vLLM share is of the memory free when it loads (unsloth_zoo 2026.10.9), planned here as of the "
             "whole GPU: free it of other processes and models first, or vLLM gets less"

@@ -202,7 +202,8 @@ def training_runtime(cfg: Any, launch: Launch) -> Runtime:
     examples = load_examples(cfg.data)
     on_cuda = cuda_available()
     backend = choose_backend(cfg.model.backend, on_cuda)
-    if backend == "unsloth" and cfg.model.dtype == "float32":  # 'auto' became unsloth; an explicit one: config.py
+    unsloth_vllm = backend == "unsloth" and cfg.model.fast_inference
+    if unsloth_vllm and cfg.model.dtype == "float32":  # 'auto' became unsloth; an explicit one: config.py
         from lowrank_rlvr.config import UNSLOTH_FLOAT32
 
         raise UserError(f"model.dtype: {UNSLOTH_FLOAT32}")
