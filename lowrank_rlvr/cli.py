@@ -183,6 +183,8 @@ def merge(
         f"merged {adapter_dir} into {metrics['base']} ({metrics['dtype']}) -> {output} "
         f"({metrics['size_bytes'] / 1e6:.1f} MB, logits match base+adapter to {metrics['logits_max_rel_diff']:.1e})"
     )
+    for path in metrics.get("gguf", []):
+        typer.echo(f"gguf: {path}")
     if "hub_url" in metrics:
         typer.echo(f"uploaded: {metrics['hub_url']}")
 

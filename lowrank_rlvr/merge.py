@@ -455,16 +455,33 @@ def upload(folder: Path, repo_id: str, private: bool = False) -> dict[str, Any]:
 
 
 def save_gguf(folder: Path, quantization: str) -> dict[str, Any]:
-    """GGUF files next to the merged checkpoint through Unsloth's saver (it builds llama.cpp; CUDA, network).
+    """GGUF files in `<folder>/gguf/` through Unsloth's saver (it builds llama.cpp; CUDA, network); uploaded with
+    the merged model. Returns {"gguf": [their paths]}.
 
     Reloads the merged 16-bit folder (not the 4-bit training model) so the GGUF starts from the same weights.
+    Unsloth 2026.10.9's `save_pretrained_gguf(save_directory, ...)` writes its files into the SIBLING folder
+    `f"{save_directory}_gguf"` (unsloth/save.py:3965-3967 `_gguf_output_directory`, used at 4729; on Kaggle its disk
+    preflight may first swap `save_directory` for /tmp, 4097 and 4680) and returns where they are:
+    `{"save_directory", "gguf_directory", "gguf_files", "modelfile_location", ...}` (save.py:4968-4976). So it is
+    handed a scratch folder beside ours, and the files it names are moved into `<folder>/gguf/`.
     """
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(folder), load_in_4bit=False)
-    target = folder / "gguf"
-    model.save_pretrained_gguf(str(target), tokenizer, quantization_method=quantization)
-    return {"gguf": [str(path) for path in sorted(target.glob("*.gguf"))]}
+    scratch = folder.parent / f".{folder.name}.gguf-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        saved = model.save_pretrained_gguf(str(scratch), tokenizer, quantization_method=quantization)
+        target = folder / "gguf"
+        target.mkdir(exist_ok=True)
+        written = [Path(name) for name in saved["gguf_files"]]
+        if saved.get("modelfile_location"):  # Ollama's Modelfile names the first GGUF file by its bare name
+            written.append(Path(saved["modelfile_location"]))
+        moved = [Path(shutil.move(str(path), str(target / path.name))) for path in written]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(f"{scratch}_gguf", ignore_errors=True)
+    return {"gguf": [str(path) for path in moved if path.suffix == ".gguf"]}
 
 
 def _targets(target_modules: Any) -> str:
