@@ -36,6 +36,13 @@ from lowrank_rlvr.runtime import Launch, Runtime, launch_from_environment, train
 from lowrank_rlvr.tracking import prepare_tracking
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft needs to load an adapter
+# TRL 1.14.2 logs `entropy` from its own loss only (grpo_trainer.py:3341, in `_compute_loss`); Unsloth 2026.10.9
+# replaces that loss (unsloth/models/rl_replacements.py:4760-5184: it logs completion_length, kl, sampling/*,
+# clip_ratio/*) and applies the entropy bonus without logging the entropy (unsloth_zoo rl_replacements.py:3849-3860).
+ENTROPY_NOT_MEASURED = (
+    "note: entropy is not measured on this backend: the trainer logs none (Unsloth's GRPO loss does not report it; "
+    "grpo.entropy_coef still applies), so metrics.jsonl records entropy null and the entropy-collapse check is off"
+)
 
 
 def train_command(config: str | None, overrides: list[str], output_dir: str | None, resume: bool) -> Path:
@@ -81,6 +88,8 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
     warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`")
     train_dataset = Dataset.from_list(build_train_rows(runtime.examples, cfg.data.template, cfg.data.repeat, tokenizer))
     recorder = RunRecorder(run, launch, resumed_step=checkpoint.step if checkpoint else None)
+    if runtime.backend == "unsloth":  # known before the first step: say it once, at the start
+        recorder.say_entropy_not_measured()
 
     # -- train ------------------------------------------------------------------------------------------------------
     with Grader(cfg.reward.workers, cfg.reward.timeout_seconds, cfg.reward.require_simplified_answer) as grader:
@@ -133,7 +142,16 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
         epsilon_high=g.epsilon,
         mask_truncated_completions=False,
         optim="adamw_torch",
+        # Importance weights for the sampler/trainer mismatch, per token, truncated from above at 3 (TIS). Not TRL
+        # 1.14.2's default mode "sequence_mask" (grpo_config.py:930): it weights a whole rollout by exp of the SUM of
+        # its per-token log-prob differences (grpo_trainer.py:2729-2736) and zeroes it above the cap (2760-2765), so
+        # a 3,072-token rollout whose small per-token mismatches (4-bit kernels vs the trainer's) add up past log 3
+        # drops out of the loss without a word. Unsloth 2026.10.9 turns TRL's off (unsloth rl_replacements.py:2448)
+        # and computes the same modes the same way in its loss, reading mode and cap from this config (unsloth_zoo
+        # 2026.10.9 rl_replacements.py:1030-1043, 2721, 2742; env UNSLOTH_GRPO_VLLM_IS_MODE would override it).
         vllm_importance_sampling_correction=True,
+        vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=3.0,  # TRL 1.14.2's cap (its default), per token here
         loss_type=g.loss_type,
         scale_rewards=g.scale_rewards,
         reward_weights=reward_weights(cfg.reward.kind),
@@ -206,10 +224,17 @@ class RunRecorder:
         self.epoch_correct: dict[int, list[float]] = defaultdict(list)
         self.history: dict[str, list[float]] = {}
         self.rows: list[dict] = []  # metrics.jsonl so far: what the collapse detector reads
+        self.entropy_note_said = False
         if launch.is_main:
             run.keep_metrics_through(resumed_step)  # steps after the checkpoint are trained (and logged) again
             self.history = run.read_history() if resumed_step is not None else {}
             self.rows = run.read_metrics()
+
+    def say_entropy_not_measured(self) -> None:
+        """One line, once per run, on the main process: the trainer logs no entropy (see ENTROPY_NOT_MEASURED)."""
+        if self.launch.is_main and not self.entropy_note_said:
+            self.entropy_note_said = True
+            self._say(ENTROPY_NOT_MEASURED)
 
     def record_rollouts(self, example_indices: list[int], rewards: list[float]) -> None:
         for index, reward in zip(example_indices, rewards):
@@ -281,7 +306,7 @@ class RunRecorder:
             "reward_std": logs.get("reward_std"),
             "train_accuracy": logs.get("rewards/accuracy/mean"),
             "format_reward": logs.get("rewards/format/mean"),  # reward.kind 'format' only
-            "entropy": logs.get("entropy"),
+            "entropy": logs.get("entropy"),  # null: not measured (the unsloth backend logs none)
             "completion_length": logs.get("completions/mean_length"),
             "kl": logs.get("kl", 0.0),
             "learning_rate": logs.get("learning_rate"),
@@ -291,6 +316,8 @@ class RunRecorder:
             "warnings": [],
             "seconds": round(time.monotonic() - self.started, 3),
         }
+        if record["entropy"] is None:  # whatever the backend: a run never passes a missing entropy off as measured
+            self.say_entropy_not_measured()
         warnings_now = collapse_warnings(self.rows + [record])
         record["warnings"] = [{"kind": w.kind, "message": w.message} for w in warnings_now]
         self.rows.append(record)
