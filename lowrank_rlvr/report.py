@@ -14,6 +14,9 @@ Reads the run folder's files (none is modified):
 - `config.yaml` (optional): model and example, for the page's header and the paper's figures for them
   (`lowrank_rlvr.paper`), drawn as dashed lines in the accuracy plot when the model and example set match a row.
 
+A run whose trainer logged no entropy at any step (the unsloth backend: Unsloth's GRPO loss does not report it) gets
+an entropy figure that says so, and the page says the entropy-collapse check was off, instead of an empty plot.
+
 Collapse warnings that training printed (recorded under `warnings` in metrics.jsonl, see `lowrank_rlvr.collapse`)
 are marked on every plot (dotted black line) and listed on the page.
 
@@ -282,6 +285,27 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     return path
 
 
+ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
+
+
+def plot_not_measured(key: str, reason: str, path: Path) -> Path:
+    """The figure of a metric the run could not measure: its title and, where the curve would be, why not."""
+    _, ylabel, title = SERIES[key]
+    plt, fig, ax = _figure()
+    import textwrap
+
+    ax.text(0.5, 0.5, textwrap.fill(reason, 60), transform=ax.transAxes, ha="center", va="center", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title}: not measured", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_history(history: dict[str, list[float]], where: Path, path: Path, most: int = 8) -> Path | None:
     """Per-example training accuracy per epoch (the `select` input); the `most` examples that varied most."""
     lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
@@ -330,6 +354,9 @@ def build_report(
     missing = []
     for key, (filename, _, _) in SERIES.items():
         written = plot_series(logs, key, summary, output_dir / filename)
+        if written is None and key == "entropy":  # a statement, not an empty plot (see the module docstring)
+            written = plot_not_measured(key, ENTROPY_NOT_MEASURED, output_dir / filename)
+            summary["entropy_not_measured"] = True
         if written:
             figures.append((key, written))
         else:
@@ -382,6 +409,8 @@ def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
         rows.append(("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)"))
     for label, value, _ in paper_lines(logs):
         rows.append((label.split(":")[0], f"{value:.1f}% (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
+    if summary.get("entropy_not_measured"):
+        rows.append(("entropy", f"{ENTROPY_NOT_MEASURED}; the entropy-collapse check was off"))
     for warning in summary["collapse_warnings"]:
         rows.append((f"warning at step {warning['step']}", warning.get("message", warning.get("kind", ""))))
     if summary["not_logged"]:
