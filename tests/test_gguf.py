@@ -21,11 +21,12 @@ def test_gguf_files_are_those_unsloth_returns_moved_into_the_export_and_listed(t
     out, log = tmp_path / "export", tmp_path / "unsloth-calls.jsonl"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", STANDIN_LOG=str(log),
                PYTHONPATH=os.pathsep.join(filter(None, [str(STANDIN), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([CLI, "merge", str(tiny_adapter), "--output", str(out), "--dtype", "fp32", "--gguf", "q4_k_m"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    merge = [CLI, "merge", str(tiny_adapter), "--output", str(out), "--dtype", "fp32", "--gguf", "q4_k_m"]
+    proc = subprocess.run(merge, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Unsloth was asked for the merged 16-bit folder, never the 4-bit model
-    assert [json.loads(line) for line in log.read_text().splitlines()] == [{"model_name": str(out), "load_in_4bit": False}]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls == [{"model_name": str(out), "load_in_4bit": False}]
     gguf = out / "gguf" / "model.Q4_K_M.gguf"
     assert gguf.read_bytes() == b"GGUF stand-in for " + str(out).encode()
     assert (out / "gguf" / "Modelfile").read_text() == "FROM ./model.Q4_K_M.gguf\n"  # beside the file it names
