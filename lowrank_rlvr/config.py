@@ -200,7 +200,7 @@ class GRPOSettings(_Section):
     )
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
-    max_time: str | float | None = Field(
+    max_time: str | int | float | None = Field(
         None,
         description="Time budget of one `train` launch, from its start: '11h', '90m', '1h30m', '45s' or seconds. When "
         "the longest step and the longest save seen so far would not fit in what is left, training saves a complete "
@@ -225,7 +225,7 @@ class GRPOSettings(_Section):
 
     @field_validator("max_time")
     @classmethod
-    def _a_duration(cls, value: str | float | None) -> str | float | None:
+    def _a_duration(cls, value: str | int | float | None) -> str | int | float | None:
         if value is not None:
             duration_seconds(value)  # raises ValueError for anything that is not a positive duration
         return value

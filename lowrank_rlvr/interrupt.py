@@ -135,7 +135,7 @@ class GracefulStop:
             return
         if self.launch.distributed and number == self.signal_number and now - self.signalled_at < REPEAT_SECONDS:
             return  # the launcher passing on the signal the terminal already sent us
-        self._say(f"{name} again: stopped at once, without saving; {self._resumes_from()}")
+        self._say(f"second signal ({name}): stopped at once, without saving; {self._resumes_from()}")
         os._exit(128 + number)  # at once: no cleanup that could hang (the kernel drops the run folder's lock)
 
     def _say(self, line: str) -> None:
@@ -179,5 +179,5 @@ def _max_across_ranks(code: int, device: Any) -> int:
 def _hours_minutes(seconds: float) -> str:
     minutes = int(round(seconds / 60))
     if minutes < 1:
-        return f"{seconds:.1f}s"
+        return f"{seconds:.3g}s"
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
