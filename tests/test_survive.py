@@ -264,3 +264,21 @@ def test_a_save_that_fails_part_way_leaves_the_previous_checkpoint_newest_and_re
     assert [row["step"] for row in metrics(run_dir)] == list(range(1, 10))
     assert complete_checkpoints(run_dir) == [9, 6, 3]
     load_file(run_dir / "checkpoint-6" / "adapter_model.safetensors")  # written whole this time
+
+
+# -- the notebooks ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("smoke", [False, True], ids=["gpu", "smoke"])
+@pytest.mark.parametrize("notebook", ["colab_one_shot_rlvr.ipynb", "kaggle_one_shot_rlvr.ipynb"])
+def test_the_notebooks_train_with_a_time_budget_under_the_platforms_12_hours(notebook, smoke):
+    from test_notebooks import NOTEBOOKS, _cli_lines, _expand, _settings
+
+    from lowrank_rlvr.config import duration_seconds, load_config
+
+    (path,) = [n for n in NOTEBOOKS if n.name == notebook]
+    namespace = _settings(path, smoke, hub_repo="")
+    (train,) = [_expand(line, namespace) for line in _cli_lines(path) if line.startswith("lowrank-rlvr train ")]
+    overrides = [train[i + 1] for i, word in enumerate(train) if word == "--set"]
+    cfg = load_config(namespace["CONFIG"], overrides)
+    assert cfg.grpo.max_time == namespace["MAX_TIME"] and duration_seconds(cfg.grpo.max_time) < 12 * 3600
