@@ -54,7 +54,8 @@ class GracefulStop:
     """The stop requests of one `train` launch and the callback that acts on them at a step's end.
 
     `resume_command` is what the stop line tells the user to run next. Signal handlers are ours from the Trainer's
-    `on_train_begin` to its `on_train_end`; before and after, a signal does what it always did.
+    `on_train_begin` to its `on_train_end` (to the process's end once a stop is under way); before, and after a run
+    that ends normally, a signal does what it always did.
     """
 
     def __init__(self, run: RunFolder, launch: Launch, max_time: float | None, resume_command: str):
@@ -92,7 +93,8 @@ class GracefulStop:
                 stop.saving = None
 
             def on_train_end(self, args, state, control, **kwargs):
-                stop._restore_handlers()
+                if stop.stopped is None:  # stopping: ours stay, so a launcher's SIGTERM (another rank exited
+                    stop._restore_handlers()  # first) cannot cut this rank's last lines short
 
         return _Callback()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shlex
 import signal
@@ -282,3 +283,47 @@ def test_the_notebooks_train_with_a_time_budget_under_the_platforms_12_hours(not
     overrides = [train[i + 1] for i, word in enumerate(train) if word == "--set"]
     cfg = load_config(namespace["CONFIG"], overrides)
     assert cfg.grpo.max_time == namespace["MAX_TIME"] and duration_seconds(cfg.grpo.max_time) < 12 * 3600
+
+
+# -- under a launcher ------------------------------------------------------------------------------------------------
+
+
+def _worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of the processes torchrun started (their RANK, read from /proc)."""
+    children = set()
+    for task in Path(f"/proc/{launcher.pid}/task").iterdir():
+        children |= {int(pid) for pid in (task / "children").read_text().split()}
+    ranks = {}
+    for pid in children:
+        environ = dict(
+            entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in entry
+        )
+        if "RANK" in environ:
+            ranks[int(environ["RANK"])] = pid
+    return ranks
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_model):
+    from test_distributed import BIN, launch_env, torchrun
+
+    run_dir = tmp_path / "run"
+    args = ["train", "tiny-cpu", "--output-dir", str(run_dir), *steps_of(12, 12)]
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", CLI[0], *args]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env())
+    wait_for_logged_steps(launcher, run_dir, 2)
+    os.kill(_worker_pids(launcher)[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it at the step's end
+    out, err = launcher.communicate()
+    assert launcher.returncode != 0 and re.search(r"exitcode\s*:\s*143\b", err), err[-3000:]
+    line = one_line_with(out, "stopped at step ")  # printed by rank 0, which got no signal itself
+    step = int(line.split()[3])
+    assert line.startswith(f"stopped at step {step} by SIGTERM; checkpoint-{step} is saved")
+    assert complete_checkpoints(run_dir) == [step] and step < 12
+    for rank in (0, 1):  # both ranks took part in the one checkpoint, at the same step
+        assert (run_dir / f"checkpoint-{step}" / f"rng_state_{rank}.pth").is_file()
+    assert [row["step"] for row in metrics(run_dir)] == list(range(1, step + 1))
+
+    result = torchrun(2, *args, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"resuming from checkpoint-{step} (step {step})") == 2
+    assert [row["step"] for row in metrics(run_dir)] == list(range(1, 13))
