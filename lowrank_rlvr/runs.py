@@ -164,7 +164,7 @@ class RunFolder:
         """Hold the run folder's one writer lock for the block: an exclusive `flock` on train.lock, which records
         who holds it. A second writer gets a UserError naming the holder. The kernel drops the lock when its process
         dies however it dies (the file stays, with the dead holder's record): the next writer takes it over and says
-        so. Readers never take it. Under a launcher only the main process takes it (the launch is one writer)."""
+        so. Readers never take it; `train` takes it in its main process only (all ranks of a launch are one writer)."""
         import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,8 @@ class RunFolder:
         previous = _lock_holder(fd)
         if previous:
             print(f"{self.lock_path}: taking over the lock of {previous}, which is gone", flush=True)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         try:

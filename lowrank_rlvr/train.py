@@ -77,7 +77,8 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False, resume_co
 
 
 def _train(
-    cfg: RunConfig, launch: Launch, resume: bool, run: RunFolder, runtime: Runtime, tracking: list[str], stop: GracefulStop
+    cfg: RunConfig, launch: Launch, resume: bool, run: RunFolder, runtime: Runtime, tracking: list[str],
+    stop: GracefulStop,
 ) -> Path:
     checkpoint = _starting_point(run, cfg, resume)
     if resume and run.is_finished(cfg.grpo.max_steps):

@@ -254,7 +254,8 @@ def test_a_save_that_fails_part_way_leaves_the_previous_checkpoint_newest_and_re
     out, err = process.communicate()
     assert process.returncode == 2, err[-3000:]
     line = one_line_with(err, "error: ")
-    assert line.startswith(f"error: {run_dir / 'checkpoint-6'}: the save failed part way (") and "File too large" in line
+    assert line.startswith(f"error: {run_dir / 'checkpoint-6'}: the save failed part way ("), line
+    assert "File too large" in line, line
     assert line.endswith("--resume continues from checkpoint-3"), line
     assert (run_dir / "checkpoint-6").is_dir() and complete_checkpoints(run_dir) == [3], "torn, and not complete"
     assert not (run_dir / "adapter").exists() and not (run_dir / "train.lock").exists()
@@ -327,3 +328,4 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_at_the_same_step(t
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count(f"resuming from checkpoint-{step} (step {step})") == 2
     assert [row["step"] for row in metrics(run_dir)] == list(range(1, 13))
+    assert not (run_dir / "train.lock").exists(), "rank 0 held the lock for the launch and let it go"
