@@ -71,6 +71,7 @@ class GracefulStop:
         self.saving: str | None = None  # the checkpoint being written right now, for the message if it fails
         self.stopped: tuple[int, int] | None = None  # (step, code) once a stop is decided
         self._last_step_end = self.started
+        self._steps_done = 0  # global_step at the last step end: the step in progress is the next one
         self._previous_handlers: dict[int, Any] = {}
 
     # -- what train.py calls -------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class GracefulStop:
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 stop._install_handlers()
-                stop._last_step_end = time.monotonic()
+                stop._last_step_end, stop._steps_done = time.monotonic(), state.global_step
 
             def on_step_end(self, args, state, control, **kwargs):
                 stop._at_step_end(args, state, control)
@@ -132,8 +133,8 @@ class GracefulStop:
         now = time.monotonic()
         if self.signal_number is None:
             self.signal_number, self.signalled_at = number, now
-            self._say(f"{name}: finishing this step, then saving a checkpoint and stopping (another signal stops at "
-                      "once, without saving)")
+            self._say(f"{name}: finishing step {self._steps_done + 1}, then saving a checkpoint and stopping (another "
+                      "signal stops at once, without saving)")
             return
         if self.launch.distributed and number == self.signal_number and now - self.signalled_at < REPEAT_SECONDS:
             return  # the launcher passing on the signal the terminal already sent us
@@ -153,7 +154,7 @@ class GracefulStop:
     def _at_step_end(self, args: Any, state: Any, control: Any) -> None:
         now = time.monotonic()
         self.longest_step = max(self.longest_step, now - self._last_step_end)
-        self._last_step_end = now
+        self._last_step_end, self._steps_done = now, state.global_step
         code = self.signal_number or 0
         if not code and self.max_time is not None:
             left = self.max_time - (now - self.started)

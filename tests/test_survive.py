@@ -139,9 +139,9 @@ def test_a_signal_saves_the_step_reached_and_resume_ends_at_exactly_max_steps(tm
     process.send_signal(signum)
     out, err = process.communicate()
     assert process.returncode == 128 + signum, err[-3000:]
-    assert f"{signum.name}: finishing this step, then saving a checkpoint and stopping" in out
     line = one_line_with(out, "stopped at step ")
     step = int(line.split()[3])
+    assert f"{signum.name}: finishing step {step}, then saving a checkpoint and stopping" in out, out[-2000:]
     assert line.startswith(f"stopped at step {step} by {signum.name}; checkpoint-{step} is saved; continue with: ")
     assert 2 <= step < 12 and complete_checkpoints(run_dir) == [step]
     state = json.loads((run_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())
@@ -168,7 +168,7 @@ def test_a_second_signal_stops_at_once_without_saving_and_the_run_still_resumes(
     process.send_signal(signal.SIGCONT)
     out, err = process.communicate()
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "SIGINT: finishing this step" in out
+    assert re.search(r"^SIGINT: finishing step \d+, then saving", out, re.M), out[-2000:]
     line = one_line_with(out, "second signal (SIGTERM): stopped at once, without saving; ")
     assert line.endswith("--resume trains from the start (no complete checkpoint)"), line
     assert "stopped at step" not in out and complete_checkpoints(run_dir) == []
