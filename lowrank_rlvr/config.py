@@ -10,11 +10,13 @@ checked completely before any of those (as TRL's `GRPOConfig.__post_init__` does
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import read_text
@@ -198,6 +200,13 @@ class GRPOSettings(_Section):
     )
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
+    max_time: str | int | float | None = Field(
+        None,
+        description="Time budget of one `train` launch, from its start: '11h', '90m', '1h30m', '45s' or seconds. When "
+        "the longest step and the longest save seen so far would not fit in what is left, training saves a complete "
+        "checkpoint and stops (exit code 75) for the next session's --resume. At least one step is trained. None: no "
+        "limit.",
+    )
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many steps.")
     report_to: Tracker | list[Tracker] = Field(
         "none",
@@ -213,6 +222,13 @@ class GRPOSettings(_Section):
     )
     vllm_server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (server mode).")
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (server mode).")
+
+    @field_validator("max_time")
+    @classmethod
+    def _a_duration(cls, value: str | int | float | None) -> str | int | float | None:
+        if value is not None:
+            duration_seconds(value)  # raises ValueError for anything that is not a positive duration
+        return value
 
     @model_validator(mode="after")
     def _group_fits_batch(self) -> GRPOSettings:
@@ -265,6 +281,26 @@ class RunConfig(_Section):
             "generation_batch_size": batch,
             "prompts_per_generation_batch": batch // self.grpo.num_generations,
         }
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration_seconds(value: str | float) -> float:
+    """'11h', '90m', '1h30m', '45s', '2d' or a number of seconds -> seconds (> 0); ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration (e.g. '11h', '90m', '1h30m', '45s', or seconds)")
+    if isinstance(value, (int, float)) or re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", str(value)):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(str(value).strip())
+        if not match or not any(match.groups()):
+            raise ValueError(f"{value!r} is not a duration (e.g. '11h', '90m', '1h30m', '45s', or seconds)")
+        days, hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
 
 
 def check_batch(cfg: RunConfig, world_size: int) -> None:

@@ -12,6 +12,7 @@ folder: they ask a `RunFolder`. Its layout (README's "The run folder" table is c
     tensorboard/, wandb/ the trackers' own files (grpo.report_to)
     eval_by_step.jsonl   accuracy vs step (`eval --run`); eval/step-N.json(l) the reports and responses behind it
     eval_report.json     `eval --adapter RUN/adapter` (RUN/checkpoint-N: eval_report-checkpoint-N.json)
+    train.lock           while `train` writes the folder: its pid, host and start (`RunFolder.writer_lock`)
 
 Writes are atomic (a staging file renamed over the target), so a killed process never leaves a half-written
 config.yaml, history.json or adapter; JSONL files are appended line by line, and a torn last line (a job killed
@@ -21,8 +22,13 @@ mid-write, or one still running) is ignored by the reader.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ LAYOUT = {  # path in the run folder -> what it holds (README's table follows th
     "eval_by_step.jsonl": "accuracy vs step, written by `eval --run` (with `eval/step-N.json` and `.jsonl`)",
     "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
     "tensorboard/": "TensorBoard's event files, with `grpo.report_to: tensorboard` (`wandb/`: wandb's, offline or not)",
+    "train.lock": "there while `train` writes the folder (one writer at a time): its pid, host and start",
 }
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
@@ -104,6 +111,10 @@ class RunFolder:
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / f"checkpoint-{step}"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "train.lock"
+
     @staticmethod
     def around(adapter_dir: str | Path) -> RunFolder | None:
         """The run folder holding `adapter_dir` (RUN/adapter or RUN/checkpoint-N), or None outside a run."""
@@ -146,6 +157,56 @@ class RunFolder:
 
     def mark_complete(self, step: int) -> None:
         (self.checkpoint_dir(step) / COMPLETE_MARKER).write_text(json.dumps({"step": step}))
+
+    # -- train.lock ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """Hold the run folder's one writer lock for the block: an exclusive `flock` on train.lock, which records
+        who holds it. A second writer gets a UserError naming the holder. The kernel drops the lock when its process
+        dies however it dies (the file stays, with the dead holder's record): the next writer takes it over and says
+        so. Readers never take it; `train` takes it in its main process only (all ranks of a launch are one writer)."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        no_locks = None
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise UserError(
+                    f"{self.path}: another `train` is writing this run folder ({holder}): let it finish or stop it "
+                    "(one writer per run folder)"
+                ) from None
+            except OSError as exc:  # a file system without locks (some network and FUSE mounts)
+                os.close(fd)
+                no_locks = exc.strerror
+                break
+            try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+                if os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        if no_locks is not None:
+            print(f"warning: {self.lock_path}: cannot lock ({no_locks}): one writer per run folder is not enforced "
+                  "on this file system", flush=True)
+            yield
+            return
+        previous = _lock_holder(fd)
+        if previous:
+            print(f"{self.lock_path}: taking over the lock of {previous}, which is gone", flush=True)
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)  # removed while still held: no one can lock the old file after us
+            os.close(fd)
 
     # -- config.yaml ---------------------------------------------------------------------------------------------
     def write_config(self, cfg: Any, resolved: dict) -> Path:
@@ -252,6 +313,16 @@ def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]
             raise UserError(f"{path}: line {line_number}: expected a JSON object")
         rows.append((line_number, row))
     return rows
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid P on host H since T' from a lock file's record ('' for none, as written by `writer_lock`)."""
+    raw = os.pread(fd, 4096, 0)
+    try:
+        record = json.loads(raw)
+        return f"pid {record['pid']} on host {record['host']} since {record['since']}"
+    except (ValueError, KeyError, TypeError):
+        return f"a process that left {raw[:80]!r}" if raw.strip() else ""
 
 
 def _write(path: Path, text: str) -> None:

@@ -17,7 +17,9 @@ What is written where is `lowrank_rlvr.runs` (the run folder). Only the main pro
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
 import time
 import warnings
@@ -26,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.collapse import collapse_warnings
-from lowrank_rlvr.config import RunConfig, load_config
+from lowrank_rlvr.config import RunConfig, duration_seconds, load_config
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
+from lowrank_rlvr.interrupt import GracefulStop, Stopped
 from lowrank_rlvr.model import load_policy
 from lowrank_rlvr.rewards import reflection_per_1k_tokens
 from lowrank_rlvr.runs import Checkpoint, RunFolder
@@ -49,16 +52,34 @@ def train_command(config: str | None, overrides: list[str], output_dir: str | No
     """`lowrank-rlvr train`: the config checked for this launch (before any model loads), then the run."""
     launch = launch_from_environment()
     cfg = load_config(config, overrides, output_dir=output_dir, world_size=launch.world_size)
-    return run_training(cfg, launch, resume)
+    words = ["lowrank-rlvr", "train", *([config] if config else []), "--output-dir", cfg.output_dir]
+    resume_command = shlex.join([*words, *(w for o in overrides for w in ("--set", o)), "--resume"])
+    try:
+        return run_training(cfg, launch, resume, resume_command)
+    except Stopped as stop:  # a signal or the time budget: a complete checkpoint of the step reached is saved
+        if launch.is_main:
+            print(stop.message, flush=True)
+        raise SystemExit(stop.exit_code) from None
 
 
-def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
-    """Train the adapter; returns the final adapter folder."""
+def run_training(cfg: RunConfig, launch: Launch, resume: bool = False, resume_command: str | None = None) -> Path:
+    """Train the adapter; returns the final adapter folder. `train` takes the run folder's writer lock (main process)
+    before it reads or writes anything there, and holds it to the end."""
     # -- setup: everything that can fail on bad input fails here, before any model loads --------------------------
     run = RunFolder(writable_dir(cfg.output_dir, "run folder (--output-dir)"))
     tracking = prepare_tracking(cfg.grpo.report_to, run)  # a tracker that is not installed fails here
     runtime = training_runtime(cfg, launch)  # and so do bad data and an impossible backend
     check_model(runtime.model_path, "model", shown=cfg.model.name_or_path)  # truncated weights: before loading
+    max_time = duration_seconds(cfg.grpo.max_time) if cfg.grpo.max_time is not None else None
+    stop = GracefulStop(run, launch, max_time, resume_command or f"lowrank-rlvr train --output-dir {run.path} --resume")
+    with run.writer_lock() if launch.is_main else contextlib.nullcontext():  # a second writer stops here, exit 2
+        return _train(cfg, launch, resume, run, runtime, tracking, stop)
+
+
+def _train(
+    cfg: RunConfig, launch: Launch, resume: bool, run: RunFolder, runtime: Runtime, tracking: list[str],
+    stop: GracefulStop,
+) -> Path:
     checkpoint = _starting_point(run, cfg, resume)
     if resume and run.is_finished(cfg.grpo.max_steps):
         print(f"{run.path}: the run already finished ({cfg.grpo.max_steps} steps); nothing to train")
@@ -103,16 +124,28 @@ def run_training(cfg: RunConfig, launch: Launch, resume: bool = False) -> Path:
         )
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; RunRecorder shows a progress bar instead
         recorder.install(trainer)
+        trainer.add_callback(stop.callback())  # last: it sees the Trainer's own decision to save at this step
         if checkpoint is not None:
             print(f"resuming from {checkpoint.path.name} (step {checkpoint.step})")
-        trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+        except Exception as exc:  # a save that failed part way: one line naming it and the last complete checkpoint
+            failure = stop.failed_save(exc)
+            if failure is None:
+                raise
+            raise failure from None
+    stop.raise_if_stopped()  # stopped by a signal or the time budget, after saving the step reached
 
     # -- save -------------------------------------------------------------------------------------------------------
     staging = run.staging_adapter_dir()
     if launch.is_main:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))  # on every process: under ZeRO-3 it gathers the sharded weights; rank 0 writes
+    stop.saving = str(staging)
+    try:
+        trainer.save_model(str(staging))  # on every process: under ZeRO-3 it gathers the sharded weights; rank 0 writes
+    except Exception as exc:
+        raise stop.failed_save(exc) from None
     trainer.accelerator.wait_for_everyone()
     if launch.is_main:
         print(f"adapter saved to {run.publish_adapter()}")
