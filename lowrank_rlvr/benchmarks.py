@@ -1,8 +1,13 @@
-"""The paper's six evaluation sets as `Problem(id, problem, answer)`, from a local folder or the Hugging Face Hub.
+"""The paper's six evaluation sets as `Problem(id, problem, answer)`: the paper's own files, a local folder, or the Hub.
 
-Local files (`--data-dir DIR`) follow the Qwen2.5-Math evaluation layout, one JSON object per line in
-`DIR/<name>.jsonl`, as shipped with the One-Shot RLVR authors' fork of that suite. Gold answers are taken as that
-suite's `parse_ground_truth` takes them:
+By default the paper's files are read (the Qwen2.5-Math evaluation suite's, from the One-Shot RLVR repository):
+MATH500, Minerva Math and OlympiadBench ship with the package (`shipped.data_dir()`, sources and licences in
+`data/NOTICE.md`); AIME24, AIME25 and AMC23 do not (the problems are the MAA's, with no licence to redistribute them),
+and are read from `$LOWRANK_RLVR_CACHE/benchmarks/<name>.jsonl` once the user has fetched them with the command the
+error names; a fetched file is checked by its SHA-256 (`FETCHED`), so it is the paper's file or it is refused.
+
+Local files (`data_dir`, `--data-dir DIR`) follow the same Qwen2.5-Math evaluation layout, one JSON object per line in
+`DIR/<name>.jsonl`. Gold answers are taken as that suite's `parse_ground_truth` takes them:
 
 | name          | problem text            | gold answer                                   |
 |---------------|-------------------------|-----------------------------------------------|
@@ -16,18 +21,19 @@ suite's `parse_ground_truth` takes them:
 Departure from the Qwen suite: it strips only the outer `$` of OlympiadBench answers (`'$69$,$84$'` -> `'69$,$84'`);
 we remove every `$` (`'69,84'`), so multi-part answers stay parsable by math-verify.
 
-Without `data_dir`, the public Hub copies below are downloaded with `datasets.load_dataset` and their rows go
-through the same parser (the field names above are looked up in the same order). These ids could not be exercised
-in this project's offline tests; pass `--data-dir` to pin exactly what you evaluate on.
+With `hub=True` (`eval --hub`) the public Hub copies below are downloaded with `datasets.load_dataset` and their rows
+go through the same parser (the field names above are looked up in the same order). They are not byte for byte the
+paper's files, and these ids could not be exercised in this project's offline tests.
 
 Example:
-    >>> problems = load_benchmark("amc23", data_dir="../shared/data/benchmarks")
-    >>> problems[0].answer
-    '27'
+    >>> problems = load_benchmark("minerva_math")
+    >>> len(problems), problems[0].answer
+    (272, '1.6')
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +42,20 @@ from typing import Any, Iterable
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import answer_text
 from lowrank_rlvr.runs import read_jsonl
+from lowrank_rlvr.shipped import cache_root, data_dir as shipped_data_dir
 
 BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order
 
-# name -> (Hub dataset id, config, split) used when no data_dir is given.
+# The paper's files not shipped (data/NOTICE.md), name -> SHA-256: fetched by the user from the paper's repository.
+FETCHED = {
+    "aime24": "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac",
+    "aime25": "4613b7d3b5346f007625969f4380d932d6a2618fdcc9b89e5d39c7fbddc074b8",
+    "amc23": "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4",
+}
+FETCH_URL = ("https://raw.githubusercontent.com/ypwang61/One-Shot-RLVR/21ed529ec90002597c92aee957af1dd8166bb66c/"
+             "Qwen2.5-Eval/evaluation/data/{name}/test.jsonl")
+
+# name -> (Hub dataset id, config, split) used with hub=True.
 HUB_DATASETS: dict[str, tuple[str, str | None, str]] = {
     "math500": ("HuggingFaceH4/MATH-500", None, "test"),
     "aime24": ("HuggingFaceH4/aime_2024", None, "train"),
@@ -70,10 +86,27 @@ def parse_benchmarks(names: str | Iterable[str] | None) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Problem]:
-    """Every problem of benchmark `name` with its gold answer; from `<data_dir>/<name>.jsonl`, else from the Hub."""
+def paper_file(name: str) -> Path:
+    """Where the paper's file of benchmark `name` is read from: shipped, or (AIME24, AIME25, AMC23) fetched."""
+    if name in FETCHED:
+        return cache_root() / "benchmarks" / f"{name}.jsonl"
+    return shipped_data_dir() / "benchmarks" / f"{name}.jsonl"
+
+
+def benchmark_source(name: str, data_dir: str | Path | None = None, hub: bool = False) -> str:
+    """What `load_benchmark` reads for these arguments: a file's path, or `hf:<dataset id>` (recorded with answers)."""
+    if data_dir is not None:
+        return str(Path(data_dir).expanduser() / f"{name}.jsonl")
+    return f"hf:{HUB_DATASETS[name][0]}" if hub else str(paper_file(name))
+
+
+def load_benchmark(name: str, data_dir: str | Path | None = None, hub: bool = False) -> list[Problem]:
+    """Every problem of benchmark `name` with its gold answer: from `<data_dir>/<name>.jsonl`, from the Hub (`hub`),
+    else from the paper's file (`paper_file`)."""
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark {name!r}: choose from {', '.join(BENCHMARKS)}")
+    if data_dir is not None and hub:
+        raise UserError("give --data-dir or --hub, not both")
     if data_dir is not None:
         if Path(data_dir).expanduser().is_file():
             raise UserError(f"{data_dir}: --data-dir is a file, expected a folder of <benchmark>.jsonl files")
@@ -81,8 +114,11 @@ def load_benchmark(name: str, data_dir: str | Path | None = None) -> list[Proble
         if not path.is_file():
             raise UserError(f"benchmark file not found: {path}")
         numbered, where = read_jsonl(path), str(path)
-    else:
+    elif hub:
         numbered, where = list(enumerate(_download(name), 1)), HUB_DATASETS[name][0]
+    else:
+        path = _checked_paper_file(name)
+        numbered, where = read_jsonl(path), str(path)
     problems = [parse_problem(name, row, f"{where}: line {line}", n) for n, (line, row) in enumerate(numbered)]
     if not problems:
         raise UserError(f"{where}: no problems")
@@ -148,6 +184,23 @@ def _answer_text(answer: Any) -> str:
     return text
 
 
+def _checked_paper_file(name: str) -> Path:
+    path = paper_file(name)
+    if name not in FETCHED:
+        return path
+    if not path.is_file():
+        raise UserError(
+            f"benchmark {name} is not shipped (its problems are the MAA's: see NOTICE.md in the package's data); fetch "
+            f"the paper's file once with `curl -fL --create-dirs -o {path} {FETCH_URL.format(name=name)}`, "
+            "or use --hub or --data-dir"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != FETCHED[name]:
+        raise UserError(f"{path}: not the paper's {name} file (SHA-256 {digest[:12]}..., expected "
+                        f"{FETCHED[name][:12]}...); delete it and fetch it again, or use --data-dir for your own copy")
+    return path
+
+
 def _download(name: str) -> list[dict]:
     import datasets  # heavy; only for Hub copies
 
@@ -156,5 +209,5 @@ def _download(name: str) -> list[dict]:
         rows = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as exc:  # network, a moved dataset: the user's to fix (or pass --data-dir)
         raise UserError(f"benchmark {name}: Hub dataset {dataset_id!r} could not be loaded ({exc}); "
-                        "use --data-dir with <name>.jsonl files") from None
+                        "without --hub the paper's files are read") from None
     return [dict(row) for row in rows]

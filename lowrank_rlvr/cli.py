@@ -140,7 +140,8 @@ def evaluate(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
     benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: all)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: download from the Hub)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: the paper's files, shipped; AIME24/25 and AMC23 fetched once, see data/NOTICE.md)."),
+    hub: bool = typer.Option(False, "--hub", help="Download the benchmarks from the Hugging Face Hub instead (not byte for byte the paper's files)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
@@ -159,7 +160,7 @@ def evaluate(
 
     typer.echo(run_eval_command(
         model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-        output, seed, batch_size, grader_workers, grader_timeout,
+        output, seed, batch_size, grader_workers, grader_timeout, hub,
     ))
 
 
@@ -195,7 +196,7 @@ def select(
     history: Optional[Path] = typer.Argument(
         None, help="History JSON ({\"<pool index>\": [accuracy per epoch, ...]}) or a run folder with history.json."
     ),
-    pool: Path = typer.Option(..., "--pool", help="Pool .jsonl or .parquet (verl or simple layout)."),
+    pool: Path = typer.Option(..., "--pool", help="Pool .jsonl or .parquet (verl or simple layout), or a shipped file by name: dsr_sub (the paper's DSR-sub)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the selection: .jsonl or .parquet."),
     top: Optional[int] = typer.Option(None, "--top", help="Write the N highest-scoring examples (default 1)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Write only the example at rank K (1 = pi_1)."),

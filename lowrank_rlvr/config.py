@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import read_text
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
-from lowrank_rlvr.shipped import config_dir
+from lowrank_rlvr.shipped import config_dir, shipped_train_file
 
 CONFIG_DIR = config_dir()  # the repository's configs/, or the copy inside an installed wheel
 DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
@@ -108,7 +108,8 @@ class DataSettings(_Section):
     path: str | None = Field(
         None,
         description="Local .jsonl or .parquet: simple layout ({problem|question|prompt, answer}) or verl layout "
-        "(prompt messages, reward_model.ground_truth, extra_info.index).",
+        "(prompt messages, reward_model.ground_truth, extra_info.index); or, where no such file is, a shipped "
+        "training file by name (pi1_r128, pi13_r128, pi2_r128, pi1209_r128, dsr_sub: the paper's, data/NOTICE.md).",
     )
     dataset: str | None = Field(None, description="Hugging Face dataset id, read with datasets.load_dataset.")
     split: str = Field("train", description="Split of `dataset`.")
@@ -128,6 +129,12 @@ class DataSettings(_Section):
     repeat: int = Field(
         128, ge=1, description="Copies of the example set in one pass over the data (the paper repeats pi_1 128 times)."
     )
+
+    @field_validator("path")
+    @classmethod
+    def _shipped_by_name(cls, path: str | None) -> str | None:
+        shipped = shipped_train_file(path) if path is not None and not Path(path).expanduser().exists() else None
+        return str(shipped) if shipped is not None else path
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> DataSettings:

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from lowrank_rlvr.benchmarks import Problem, load_benchmark, parse_benchmarks
+from lowrank_rlvr.benchmarks import Problem, benchmark_source, load_benchmark, parse_benchmarks
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
@@ -161,13 +161,13 @@ def _table(report: dict, paper: Any) -> str:
 
 def run_eval_command(
     model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-    output, seed, batch_size, grader_workers=DEFAULT_GRADER_WORKERS, grader_timeout=DEFAULT_TIMEOUT_SECONDS,
+    output, seed, batch_size, grader_workers=DEFAULT_GRADER_WORKERS, grader_timeout=DEFAULT_TIMEOUT_SECONDS, hub=False,
 ) -> str:
     """`lowrank-rlvr eval`: one evaluation (MODEL [--adapter]) or a checkpoint sweep (--run); returns what to print."""
     if backend not in ("auto", "vllm", "hf"):
         raise UserError(f"unknown backend {backend!r} (choose vllm, hf or auto)")
     common = dict(
-        benchmarks=benchmarks, data_dir=str(data_dir) if data_dir else None, limit=limit, samples=samples,
+        benchmarks=benchmarks, data_dir=str(data_dir) if data_dir else None, hub=hub, limit=limit, samples=samples,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, backend=backend, seed=seed, batch_size=batch_size,
         grader_workers=grader_workers, grader_timeout=grader_timeout,
     )
@@ -224,15 +224,17 @@ def run_eval(
     batch_size: int = 8,
     grader_workers: int = DEFAULT_GRADER_WORKERS,
     grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    hub: bool = False,
 ) -> dict:
-    """Evaluate `model` (+ `adapter`) and write the report and the responses; returns the report."""
+    """Evaluate `model` (+ `adapter`) and write the report and the responses; returns the report. Benchmarks come
+    from `data_dir`, the Hub (`hub`), else the paper's files (`lowrank_rlvr.benchmarks`)."""
     from lowrank_rlvr.model import resolve_model_path
 
     names = parse_benchmarks(benchmarks)
     adapter_dir = _check_adapter(adapter)
     adapter_dirs = [adapter_dir] if adapter_dir else []
     backend = choose_sampler(backend, adapter_dirs)  # before any download
-    suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
+    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens)
     report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
     writable_file(responses_path(report_path), "responses file")
     check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
@@ -259,6 +261,7 @@ def run_sweep(
     batch_size: int = 8,
     grader_workers: int = DEFAULT_GRADER_WORKERS,
     grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    hub: bool = False,
 ) -> list[dict]:
     """Evaluate the base (step 0), every `checkpoint-N` and the final `adapter/` (step grpo.max_steps, unless a
     checkpoint has that step) of a run; write RUN/eval_by_step.jsonl, one line per step, rewritten after each step."""
@@ -282,7 +285,7 @@ def run_sweep(
     template = template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
     names = parse_benchmarks(benchmarks)
     backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
-    suite = _load_suite(names, data_dir, limit, samples, temperature, top_p, max_tokens)
+    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens)
     writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
     writable_file(run.eval_by_step_path, "sweep results file")
     check_model(resolve_model_path(model), "model", shown=model)
@@ -308,7 +311,7 @@ def evaluate_suite(
     grader: Grader,
     model: str,
     adapter_dir: Path | None,
-    suite: list[tuple[str, list[Problem], Sampling]],
+    suite: list[tuple[str, list[Problem], Sampling, str]],
     template: str,
     report_path: Path,
     seed: int,
@@ -330,7 +333,7 @@ def evaluate_suite(
     with appended_log(jsonl) as sink, Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
     ) as progress:
-        for name, problems, sampling in suite:
+        for name, problems, sampling, source in suite:
             key = settings_key(model, adapter, template, sampling)
             records = _matching_records(previous, name, key, jsonl)
             done = _complete_ids(records, sampling.num_samples)
@@ -344,7 +347,7 @@ def evaluate_suite(
                 grades = grader.grade([c.text for _, _, c in flat], [p.answer for p, _, _ in flat], kind="accuracy")
                 for (problem, sample, completion), grade in zip(flat, grades, strict=True):
                     record = {
-                        "benchmark": name, "id": problem.id, "sample": sample, "key": key,
+                        "benchmark": name, "source": source, "id": problem.id, "sample": sample, "key": key,
                         "answer": problem.answer, "extracted": grade.extracted, "reward": float(grade.reward),
                         "timed_out": bool(grade.timed_out), "num_tokens": len(completion.token_ids),
                         "truncated": completion.truncated, "skipped": completion.skipped, "response": completion.text,
@@ -355,7 +358,7 @@ def evaluate_suite(
                     records.append(record)
                 sink.flush()
                 progress.advance(task, len(chunk))
-            results[name] = summarize(name, problems, records, sampling)
+            results[name] = {**summarize(name, problems, records, sampling), "source": source}
     report = {
         "model": model,
         "adapter": adapter,
@@ -363,7 +366,7 @@ def evaluate_suite(
         "average": sum(r["accuracy"] for r in results.values()) / len(results),
         "settings": {
             "backend": generator.backend, "template": template, "max_tokens": suite[0][2].max_tokens, "seed": seed,
-            "data_dir": str(data_dir) if data_dir else "huggingface-hub", "limit": limit, "dtype": generator.dtype,
+            "data_dir": str(data_dir) if data_dir else None, "limit": limit, "dtype": generator.dtype,
             "report": str(report_path), "responses": str(jsonl),
         },
     }
@@ -373,15 +376,16 @@ def evaluate_suite(
 
 
 def _load_suite(
-    names, data_dir, limit, samples, temperature, top_p, max_tokens
-) -> list[tuple[str, list[Problem], Sampling]]:
+    names, data_dir, hub, limit, samples, temperature, top_p, max_tokens
+) -> list[tuple[str, list[Problem], Sampling, str]]:
+    """(name, problems, sampling, source) per benchmark; `source` (the file read, or the Hub id) goes with every answer."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1 (got {limit})")
     suite = []
     for name in names:
         sampling = protocol_sampling(name, samples, temperature, top_p, max_tokens)
-        problems = load_benchmark(name, data_dir)
-        suite.append((name, problems[:limit] if limit else problems, sampling))
+        problems = load_benchmark(name, data_dir, hub)
+        suite.append((name, problems[:limit] if limit else problems, sampling, benchmark_source(name, data_dir, hub)))
     return suite
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lowrank_rlvr.config import SMOLLM2_MODEL, TINY_MODEL, RunConfig
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.shipped import cache_root as shipped_cache_root
 
 if TYPE_CHECKING:
     from lowrank_rlvr.runtime import Launch, Runtime
@@ -30,7 +31,7 @@ ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 def cached_model_dir(name: str, build: Callable[[Path], None], cache_root: Path | None = None) -> Path:
     """`$LOWRANK_RLVR_CACHE/<name>` (default ~/.cache/lowrank_rlvr), made by `build(folder)` on first use: built in a
     staging folder and renamed into place, so a half-built model is never taken for the cached one."""
-    root = Path(cache_root or os.environ.get("LOWRANK_RLVR_CACHE", Path.home() / ".cache" / "lowrank_rlvr"))
+    root = Path(cache_root or shipped_cache_root())
     target = root / name
     if (target / "model.safetensors").is_file():
         return target

@@ -34,6 +34,7 @@ from lowrank_rlvr.data import Example, parse_row, read_rows
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS
 from lowrank_rlvr.runs import RunFolder
+from lowrank_rlvr.shipped import shipped_train_file, shipped_train_files
 from lowrank_rlvr.files import atomic_output, check_model, read_json, writable_file
 
 METHODS = ("std", "random")
@@ -98,12 +99,15 @@ def parse_history(raw: Any, where: str) -> dict[int, list[float]]:
 def load_pool(path: Path) -> list[Example]:
     """Pool examples (verl or simple layout, parsed as `train` parses `data.path`), each pool index once (the first
     row wins). Rows without a gold answer are kept with `answer == ""`: DSR-sub has one (index 265), and a history
-    of the pool lists it; `select_examples` leaves such examples out of the ranking."""
+    of the pool lists it; `select_examples` leaves such examples out of the ranking. A name that is no file here but
+    a shipped training file (`dsr_sub`, the paper's pool) is that file."""
     path = Path(path)
+    if not path.exists() and shipped_train_file(path) is not None:
+        path = shipped_train_file(path)
     if path.is_dir():
         raise UserError(f"{path}: pool is a folder, expected a .jsonl or .parquet file")
     if not path.is_file():
-        raise UserError(f"pool not found: {path}")
+        raise UserError(f"pool not found: {path} (shipped, by name: {', '.join(shipped_train_files())})")
     if path.suffix not in (".jsonl", ".json", ".parquet"):
         raise UserError(f"{path}: pool must be .jsonl or .parquet")
     pool: dict[int, Example] = {}
