@@ -5,7 +5,7 @@
 
 Two workloads of `--items` completions each (one GRPO step at the paper's scale grades 1,024), each with `--hostile`
 hostile items mixed in (a 200k-character response, 5,000 nested brackets, power towers):
-- math500: MATH500 reference solutions (real worked solutions ending in \\boxed{}, from ../shared/data), half with
+- math500: MATH500 reference solutions (real worked solutions ending in \\boxed{}, shipped in data/), half with
   the boxed answer replaced by a wrong one; every (answer, gold) pair distinct, the pool's worst case;
 - one_shot_pi1: rollouts of the paper's pi_1 (gold 12.8), 60% right, 10 distinct final answers: one-shot RLVR's case.
 Each measurement starts cold (parse cache cleared, fresh worker processes); worker start-up is reported apart.
@@ -24,7 +24,7 @@ from pathlib import Path
 from lowrank_rlvr import rewards
 
 REPO = Path(__file__).resolve().parent.parent
-MATH500 = REPO.parent / "shared" / "data" / "benchmarks" / "math500.jsonl"
+MATH500 = REPO / "data" / "benchmarks" / "math500.jsonl"  # the shipped copy
 
 HOSTILE = [
     ("x" * 200_000 + " \\boxed{" + "9" * 200_000 + "}", "9"),

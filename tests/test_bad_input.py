@@ -40,10 +40,10 @@ def _rewrite_json(path: Path, **changes) -> None:
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, tiny_model: Path, tiny_adapter: Path, shared_data: Path) -> SimpleNamespace:
-    """Damaged copies of real inputs (the tiny model, an adapter for it, the shared data), built once."""
+def bad(tmp_path_factory, tiny_model: Path, tiny_adapter: Path, paper_data: Path, benchmark_dir: Path) -> SimpleNamespace:
+    """Damaged copies of real inputs (the tiny model, an adapter for it, the paper's data), built once."""
     root = tmp_path_factory.mktemp("bad-input")
-    paths = SimpleNamespace(root=root, tiny_model=tiny_model, adapter=tiny_adapter, benchmarks=shared_data / "benchmarks")
+    paths = SimpleNamespace(root=root, tiny_model=tiny_model, adapter=tiny_adapter, benchmarks=benchmark_dir)
 
     def adapter_copy(name: str) -> Path:
         return Path(shutil.copytree(tiny_adapter, root / name))
@@ -72,7 +72,7 @@ def bad(tmp_path_factory, tiny_model: Path, tiny_adapter: Path, shared_data: Pat
     _truncate(paths.model_bad_tokenizer / "tokenizer.json")
 
     paths.parquet_truncated = root / "pool-truncated.parquet"
-    paths.parquet_truncated.write_bytes((shared_data / "train" / "dsr_sub.parquet").read_bytes()[:5000])
+    paths.parquet_truncated.write_bytes((paper_data / "train" / "dsr_sub.parquet").read_bytes()[:5000])
     paths.parquet_empty = root / "pool-empty.parquet"
     paths.parquet_empty.write_bytes(b"")
     paths.jsonl_broken = root / "broken.jsonl"
@@ -88,7 +88,7 @@ def bad(tmp_path_factory, tiny_model: Path, tiny_adapter: Path, shared_data: Pat
     paths.responses = root / "responses.jsonl"
     paths.responses.write_text('{"response": "\\\\boxed{2}", "answer": "2"}\n')
 
-    paths.benchmarks_broken = Path(shutil.copytree(shared_data / "benchmarks", root / "benchmarks-broken"))
+    paths.benchmarks_broken = Path(shutil.copytree(benchmark_dir, root / "benchmarks-broken"))
     os.chmod(paths.benchmarks_broken, 0o755)
     (paths.benchmarks_broken / "amc23.jsonl").chmod(0o644)
     lines = (paths.benchmarks_broken / "amc23.jsonl").read_text().splitlines()
@@ -156,7 +156,7 @@ EVAL = ["--benchmarks", "amc23", "--limit", "1", "--max-tokens", "2", "--backend
 
 
 def _eval(b, model, *args):
-    """`eval MODEL` on one AMC23 problem from the shared data, then `args` (a repeated flag: the last one wins)."""
+    """`eval MODEL` on one AMC23 problem (the tests' stand-in), then `args` (a repeated flag: the last one wins)."""
     return ["eval", model, *EVAL, "--data-dir", b.benchmarks, *args]
 
 

@@ -11,16 +11,16 @@ from lowrank_rlvr.data import QWEN_MATH_SYSTEM, build_train_rows, load_examples,
 from lowrank_rlvr.errors import UserError
 
 
-def test_verl_parquet_of_the_paper_is_one_example(shared_data):
-    examples = load_examples(DataSettings(path=str(shared_data / "train" / "pi1_r128.parquet")))
+def test_verl_parquet_of_the_paper_is_one_example(paper_data):
+    examples = load_examples(DataSettings(path=str(paper_data / "train" / "pi1_r128.parquet")))
     assert len(examples) == 1, "the 128 copies are one example; repetition is data.repeat"
     (pi1,) = examples
     assert (pi1.index, pi1.answer) == (124, "12.8")
     assert pi1.prompt.startswith("The pressure \\( P \\) exerted by wind on a sail")
 
 
-def test_pool_indices_select_examples(shared_data):
-    data = DataSettings(path=str(shared_data / "train" / "dsr_sub.parquet"), indices=[124, 0])
+def test_pool_indices_select_examples(paper_data):
+    data = DataSettings(path=str(paper_data / "train" / "dsr_sub.parquet"), indices=[124, 0])
     examples = load_examples(data)
     assert [ex.index for ex in examples] == [124, 0]
     assert examples[0].answer == "12.8" and examples[1].answer == "\\frac{3}{7}"
@@ -41,9 +41,9 @@ def test_broken_jsonl_line_is_named(tmp_path):
         load_examples(DataSettings(path=str(path)))
 
 
-def test_unknown_index_is_rejected(shared_data):
+def test_unknown_index_is_rejected(paper_data):
     with pytest.raises(UserError, match=r"data.indices not found in the data: \[5\]"):
-        load_examples(DataSettings(path=str(shared_data / "train" / "pi1_r128.parquet"), indices=[5]))
+        load_examples(DataSettings(path=str(paper_data / "train" / "pi1_r128.parquet"), indices=[5]))
 
 
 def test_templates():
@@ -72,9 +72,21 @@ def test_examples_are_repeated_to_fill_the_batch():
     assert rows[1] == {"prompt": render_prompt("b", "plain"), "answer": "2", "example_index": 1}
 
 
-def test_pool_rows_without_answer_fail_unless_skipped(shared_data):
-    pool = str(shared_data / "train" / "dsr_sub.parquet")
+def test_pool_rows_without_answer_fail_unless_skipped(paper_data):
+    pool = str(paper_data / "train" / "dsr_sub.parquet")
     with pytest.raises(UserError, match=r"dsr_sub.parquet: row 266: no answer"):
         load_examples(DataSettings(path=pool))
     examples = load_examples(DataSettings(path=pool, skip_missing_answers=True))
     assert len(examples) == 1208 and 265 not in {ex.index for ex in examples}
+
+
+def test_a_shipped_training_file_is_taken_by_name_unless_a_file_of_that_name_is_here(paper_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("pi1_r128", "pi1_r128.parquet"):
+        data = DataSettings(path=name)
+        assert data.path == str(paper_data / "train" / "pi1_r128.parquet")
+        assert [(ex.index, ex.answer) for ex in load_examples(data)] == [(124, "12.8")]
+    (tmp_path / "pi1_r128.parquet").write_bytes((paper_data / "train" / "pi13_r128.parquet").read_bytes())
+    assert DataSettings(path="pi1_r128.parquet").path == "pi1_r128.parquet"  # a local file of that name wins
+    with pytest.raises(ValueError, match="data file not found: pi7_r128"):
+        DataSettings(path="pi7_r128")

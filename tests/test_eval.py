@@ -49,11 +49,11 @@ def _records(report: Path) -> list[dict]:
 
 
 def test_eval_tiny_model_with_adapter_on_all_six_benchmarks_writes_report_and_responses(
-    cli, tiny_adapter, shared_data, tmp_path
+    cli, tiny_adapter, benchmark_dir, tmp_path
 ):
     report_path = tmp_path / "report.json"
     result = _eval(
-        cli, TINY, "--adapter", str(tiny_adapter), "--data-dir", str(shared_data / "benchmarks"), "--limit", "3",
+        cli, TINY, "--adapter", str(tiny_adapter), "--data-dir", str(benchmark_dir), "--limit", "3",
         "--max-tokens", "16", "--backend", "hf", "--output", str(report_path),
     )
     assert result.exit_code == 0, result.output
@@ -72,6 +72,7 @@ def test_eval_tiny_model_with_adapter_on_all_six_benchmarks_writes_report_and_re
     records = _records(report_path)
     assert len(records) == 3 * sum(RESPONSES_PER_PROBLEM.values())
     assert all({"response", "extracted", "reward", "answer", "num_tokens"} <= set(r) for r in records)
+    assert {r["source"] for r in records} == {str(benchmark_dir / f"{name}.jsonl") for name in RESPONSES_PER_PROBLEM}
     assert any(r["extracted"] is not None for r in records)  # the warm-started tiny model writes \boxed{...}
     assert "| **average** |" in result.output and "| math500 |" in result.output
 
@@ -92,9 +93,32 @@ def test_grading_counts_a_correct_answer(cli, tiny_model, tmp_path):
     assert second["benchmarks"]["math500"]["accuracy"] == 1.0
 
 
-def test_reusing_the_output_resumes_without_generating_scored_problems_again(cli, tiny_model, shared_data, tmp_path):
+def test_without_data_dir_the_shipped_file_is_read_and_named_in_the_answers(cli, tiny_model, paper_data, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output, ./eval_report.json
+    result = _eval(cli, TINY, "--benchmarks", "math500", "--limit", "2", "--max-tokens", "16", "--backend", "hf")
+    assert result.exit_code == 0, result.output
+    shipped = str(paper_data / "benchmarks" / "math500.jsonl")
+    records = _records(tmp_path / "eval_report.json")
+    assert len(records) == 2 and {r["source"] for r in records} == {shipped}
+    assert [r["id"] for r in records] == ["test/precalculus/807.json", "test/intermediate_algebra/1994.json"]
+    report = json.loads((tmp_path / "eval_report.json").read_text())
+    assert report["benchmarks"]["math500"]["source"] == shipped and report["settings"]["data_dir"] is None
+
+
+def test_a_benchmark_that_is_not_shipped_stops_eval_before_any_model_loads(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWRANK_RLVR_CACHE", str(tmp_path / "cache"))
+    result = _eval(cli, str(tmp_path / "no-model"), "--benchmarks", "math500,aime24", "-o", str(tmp_path / "r.json"))
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: benchmark aime24 is not shipped") and "curl -fL" in result.stderr
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.jsonl").exists()
+    result = _eval(cli, TINY, "--hub", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2 and "give --data-dir or --hub, not both" in result.stderr
+
+
+def test_reusing_the_output_resumes_without_generating_scored_problems_again(cli, tiny_model, benchmark_dir, tmp_path):
     report_path = tmp_path / "report.json"
-    args = [TINY, "--benchmarks", "math500,amc23", "--data-dir", str(shared_data / "benchmarks"), "--max-tokens", "8",
+    args = [TINY, "--benchmarks", "math500,amc23", "--data-dir", str(benchmark_dir), "--max-tokens", "8",
             "--backend", "hf", "--output", str(report_path)]
     assert _eval(cli, *args, "--limit", "2").exit_code == 0
     before = report_path.with_suffix(".jsonl").read_text()
@@ -111,8 +135,8 @@ def test_reusing_the_output_resumes_without_generating_scored_problems_again(cli
     assert report_path.with_suffix(".jsonl").read_text() == after  # nothing left to do
 
 
-def test_reusing_the_output_with_other_settings_is_refused(cli, tiny_model, shared_data, tmp_path):
-    args = [TINY, "--benchmarks", "math500", "--data-dir", str(shared_data / "benchmarks"), "--limit", "1",
+def test_reusing_the_output_with_other_settings_is_refused(cli, tiny_model, tmp_path):
+    args = [TINY, "--benchmarks", "math500", "--limit", "1",
             "--backend", "hf", "--output", str(tmp_path / "r.json")]
     assert _eval(cli, *args, "--max-tokens", "4").exit_code == 0
     result = _eval(cli, *args, "--max-tokens", "5")
@@ -140,7 +164,7 @@ def test_default_report_lands_in_the_run_folder_of_the_adapter(cli, tiny_adapter
     assert not (tmp_path / "eval_report.json").exists()
 
 
-def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_adapter, shared_data, tmp_path):
+def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_adapter, benchmark_dir, tmp_path):
     from lowrank_rlvr.config import load_config
     from lowrank_rlvr.runs import RunFolder
 
@@ -154,7 +178,7 @@ def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_
     cfg = load_config("tiny-cpu", ["grpo.max_steps=12", "grpo.save_steps=2"], output_dir=str(run))
     RunFolder(run).write_config(cfg, cfg.launch_summary(1))
     result = _eval(cli, "--run", str(run), "--benchmarks", "math500,aime24", "--data-dir",
-                   str(shared_data / "benchmarks"), "--limit", "2", "--max-tokens", "16", "--backend", "hf")
+                   str(benchmark_dir), "--limit", "2", "--max-tokens", "16", "--backend", "hf")
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in (run / "eval_by_step.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 2, 10, 12]
@@ -178,8 +202,8 @@ def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_
         (["--limit", "0"], "--limit must be >= 1"),
     ],
 )
-def test_bad_flags_are_one_line_errors(cli, shared_data, args, message):
-    result = _eval(cli, TINY, "--data-dir", str(shared_data / "benchmarks"), *args)
+def test_bad_flags_are_one_line_errors(cli, benchmark_dir, args, message):
+    result = _eval(cli, TINY, "--data-dir", str(benchmark_dir), *args)
     assert result.exit_code == 2
     assert message in result.output
 

@@ -81,10 +81,10 @@ def _make_run(folder: Path, tiny_model: Path, tiny_adapter: Path) -> Path:
 
 
 def test_vllm_and_hf_agree_exactly_under_greedy_decoding_with_and_without_adapter(
-    vllm_cli, cli, tiny_model, strong_adapter, shared_data, tmp_path
+    vllm_cli, cli, tiny_model, strong_adapter, benchmark_dir, tmp_path
 ):
     """A greedy sweep (step 0 = base, step 1 = adapter as a LoRARequest) over all six benchmarks on both backends."""
-    args = ["--data-dir", str(shared_data / "benchmarks"), "--limit", "3", "--max-tokens", "16", "--temperature", "0"]
+    args = ["--data-dir", str(benchmark_dir), "--limit", "3", "--max-tokens", "16", "--temperature", "0"]
     vllm_run = _make_run(tmp_path / "vllm", tiny_model, strong_adapter)
     hf_run = _make_run(tmp_path / "hf", tiny_model, strong_adapter)
     _run_vllm(vllm_cli, "--run", str(vllm_run), *args)
@@ -103,10 +103,10 @@ def test_vllm_and_hf_agree_exactly_under_greedy_decoding_with_and_without_adapte
 
 
 def test_vllm_eval_with_adapter_follows_the_paper_protocol_on_all_six(
-    vllm_cli, cli, tiny_model, tiny_adapter, shared_data, tmp_path
+    vllm_cli, cli, tiny_model, tiny_adapter, benchmark_dir, tmp_path
 ):
     """The acceptance run: default protocol (greedy / 8 samples at T=0.6), --limit 3 --max-tokens 16, both backends."""
-    args = [str(tiny_model), "--adapter", str(tiny_adapter), "--data-dir", str(shared_data / "benchmarks"),
+    args = [str(tiny_model), "--adapter", str(tiny_adapter), "--data-dir", str(benchmark_dir),
             "--limit", "3", "--max-tokens", "16"]
     stdout = _run_vllm(vllm_cli, *args, "--output", str(tmp_path / "vllm.json"))
     assert "| **average** |" in stdout
@@ -126,12 +126,12 @@ def test_vllm_eval_with_adapter_follows_the_paper_protocol_on_all_six(
     assert len(set(samples)) > 1  # T=0.6: the eight samples are not one greedy answer repeated
 
 
-def test_vllm_and_hf_agree_on_the_real_model_under_greedy_decoding(vllm_cli, cli, shared_data, tmp_path):
+def test_vllm_and_hf_agree_on_the_real_model_under_greedy_decoding(vllm_cli, cli, benchmark_dir, tmp_path):
     """SmolLM2-135M-Instruct (a Llama, float32, its own chat template): vLLM and transformers give the same answers."""
     from lowrank_rlvr.smollm2 import smollm2_model_dir
 
     model = str(smollm2_model_dir())  # builtin:smollm2-135m's folder, converted here (the vLLM venv has no gguf)
-    args = [model, "--benchmarks", "math500,minerva_math", "--data-dir", str(shared_data / "benchmarks"),
+    args = [model, "--benchmarks", "math500,minerva_math", "--data-dir", str(benchmark_dir),
             "--limit", "2", "--max-tokens", "32", "--template", "chat"]
     _run_vllm(vllm_cli, *args, "--output", str(tmp_path / "vllm.json"))
     result = cli.invoke(app, ["eval", *args, "--backend", "hf", "--output", str(tmp_path / "hf.json")])

@@ -159,11 +159,11 @@ def _printed(cell) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.stem)
-def test_notebook_runs_end_to_end_in_smoke_mode_in_a_jupyter_kernel(notebook, tmp_path, shared_data, monkeypatch):
+def test_notebook_runs_end_to_end_in_smoke_mode_in_a_jupyter_kernel(notebook, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     runs = tmp_path / "runs"
-    nb = _parameterized(notebook, SMOKE=True, RUNS_DIR=str(runs), BENCHMARK_DIR=str(shared_data / "benchmarks"))
+    nb = _parameterized(notebook, SMOKE=True, RUNS_DIR=str(runs))  # BENCHMARK_DIR empty: the shipped files
     # the kernel (this interpreter, through ipykernel) finds `lowrank-rlvr` on PATH, as after `pip install`
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -154,14 +154,14 @@ def test_missing_run_folder_and_bad_options_exit_2(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_renders_from_a_real_tiny_cpu_run(cli, tiny_model, shared_data, tmp_path):
+def test_report_renders_from_a_real_tiny_cpu_run(cli, tiny_model, tmp_path):
     """train (30 GRPO steps of the tiny model on CPU) -> eval sweep over its checkpoints -> report."""
     run = tmp_path / "tiny-run"
     result = cli.invoke(app, ["train", "tiny-cpu", "--set", "grpo.max_steps=30", "--set", "grpo.save_steps=15",
                               "--output-dir", str(run)])
     assert result.exit_code == 0, result.output
-    result = cli.invoke(app, ["eval", "--run", str(run), "--benchmarks", "math500", "--data-dir",
-                              str(shared_data / "benchmarks"), "--limit", "2", "--max-tokens", "8", "--backend", "hf"])
+    result = cli.invoke(app, ["eval", "--run", str(run), "--benchmarks", "math500", "--limit", "2", "--max-tokens", "8",
+                              "--backend", "hf"])
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["step"] for line in (run / "eval_by_step.jsonl").read_text().splitlines()] == [0, 15, 30]
 

