@@ -12,20 +12,18 @@ import pytest
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import load_config
 from lowrank_rlvr.runs import RunFolder
-from lowrank_rlvr.paper import ROWS, markdown_table, model_key, reference, training_of
+from lowrank_rlvr.paper import R1_CONTEXT, ROWS, markdown_table, model_key, reference, training_of
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_the_papers_headline_figures():
-    assert reference("Qwen/Qwen2.5-Math-1.5B", "base").benchmarks["math500"] == 36.0
-    assert reference("Qwen/Qwen2.5-Math-1.5B", "pi_1").benchmarks["math500"] == 72.8
-    assert reference("Qwen/Qwen2.5-Math-1.5B", "pi_13").benchmarks["math500"] == 73.6
-    assert (reference("Qwen/Qwen2.5-Math-1.5B", "pi_1").average, reference("Qwen/Qwen2.5-Math-1.5B", "pi_13").average) == (35.0, 35.7)
-    assert reference("Qwen/Qwen2.5-Math-1.5B", "pi_1+pi_13").average == 36.6
+def test_every_row_is_found_by_its_model_and_training_and_no_other_is():
+    """The lookup, not the figures (those live once, in paper.py, and the README table is checked against them)."""
+    for row in ROWS:
+        assert reference(row.model, row.training, context=row.note or R1_CONTEXT) is row, row
     assert reference("Qwen/Qwen2.5-Math-7B", "pi_13") is None  # the paper has no such row
-    assert reference("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "pi_1").average == 42.3  # the 8k evaluation
-    assert reference("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "pi_1", context="32k").average == 46.3
+    assert reference("Qwen/Qwen2.5-Math-1.5B", None) is None
+    assert reference("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "pi_1").note == R1_CONTEXT == "8k"  # the default
 
 
 def test_each_row_average_is_the_mean_of_its_six_figures_to_rounding():
@@ -40,7 +38,7 @@ def test_model_ids_match_across_mirrors_and_local_folders():
 
 def test_the_example_set_is_read_from_the_runs_config():
     assert training_of(load_config("qwen2.5-math-1.5b-pi1")) == "pi_1"  # inline example, recognised by its text
-    assert training_of({"data": {"path": "../shared/data/train/pi13_r128.parquet"}}) == "pi_13"
+    assert training_of({"data": {"path": "x/pi13_r128.parquet"}}) == "pi_13"
     assert training_of({"data": {"path": "x/dsr_sub.parquet", "indices": [682, 124]}}) == "pi_1+pi_13"
     assert training_of({"data": {"path": "x/dsr_sub.parquet"}}) == "dsr_sub"
     assert training_of({"data": {"path": "x/pi2_r128.parquet"}}) is None  # no row for pi_2
@@ -74,8 +72,8 @@ def _run_folder(tmp_path: Path, tiny_adapter: Path, config: str, overrides: list
 EVAL = ["--benchmarks", "math500,aime24", "--limit", "1", "--samples", "1", "--max-tokens", "4", "--backend", "hf"]
 
 
-def test_eval_of_the_base_model_shows_the_papers_base_column(cli, qwen_named_tiny, shared_data, tmp_path):
-    result = cli.invoke(app, ["eval", str(qwen_named_tiny), *EVAL, "--data-dir", str(shared_data / "benchmarks"),
+def test_eval_of_the_base_model_shows_the_papers_base_column(cli, qwen_named_tiny, benchmark_dir, tmp_path):
+    result = cli.invoke(app, ["eval", str(qwen_named_tiny), *EVAL, "--data-dir", str(benchmark_dir),
                               "--output", str(tmp_path / "base.json")])
     assert result.exit_code == 0, result.output
     assert "| benchmark | accuracy | paper, base | problems | samples |" in result.stdout
@@ -83,19 +81,19 @@ def test_eval_of_the_base_model_shows_the_papers_base_column(cli, qwen_named_tin
     assert "| 21.4 |" in result.stdout  # the paper's mean over the two benchmarks evaluated, (36.0 + 6.7) / 2
 
 
-def test_eval_of_a_pi1_run_shows_the_papers_pi1_column(cli, qwen_named_tiny, tiny_adapter, shared_data, tmp_path):
+def test_eval_of_a_pi1_run_shows_the_papers_pi1_column(cli, qwen_named_tiny, tiny_adapter, benchmark_dir, tmp_path):
     run = _run_folder(tmp_path, tiny_adapter, "qwen2.5-math-1.5b-pi1")
     result = cli.invoke(app, ["eval", str(qwen_named_tiny), "--adapter", str(run / "adapter"), *EVAL,
-                              "--data-dir", str(shared_data / "benchmarks")])
+                              "--data-dir", str(benchmark_dir)])
     assert result.exit_code == 0, result.output
     assert "paper, pi_1" in result.stdout and "| 72.8 |" in result.stdout and "| 15.4 |" in result.stdout
 
 
-def test_eval_sweep_of_a_pi1_run_ends_with_the_papers_base_and_pi1_rows(cli, qwen_named_tiny, tiny_adapter, shared_data,
+def test_eval_sweep_of_a_pi1_run_ends_with_the_papers_base_and_pi1_rows(cli, qwen_named_tiny, tiny_adapter, benchmark_dir,
                                                                        tmp_path):
     run = _run_folder(tmp_path, tiny_adapter, "qwen2.5-math-1.5b-pi1")  # adapter/ is evaluated as step 1000
     result = cli.invoke(app, ["eval", str(qwen_named_tiny), "--run", str(run), *EVAL,
-                              "--data-dir", str(shared_data / "benchmarks")])
+                              "--data-dir", str(benchmark_dir)])
     assert result.exit_code == 0, result.output
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert table[0] == "| step | math500 | aime24 | average |"
@@ -103,10 +101,10 @@ def test_eval_sweep_of_a_pi1_run_ends_with_the_papers_base_and_pi1_rows(cli, qwe
     assert table[-2] == "| paper, base | 36.0 | 6.7 | 21.4 |" and table[-1] == "| paper, pi_1 | 72.8 | 15.4 | 44.1 |"
 
 
-def test_eval_of_an_unknown_example_shows_no_paper_column(cli, qwen_named_tiny, tiny_adapter, shared_data, tmp_path):
+def test_eval_of_an_unknown_example_shows_no_paper_column(cli, qwen_named_tiny, tiny_adapter, benchmark_dir, tmp_path):
     run = _run_folder(tmp_path, tiny_adapter, "tiny-cpu")  # "What is 17+25?": not in the paper
     result = cli.invoke(app, ["eval", str(qwen_named_tiny), "--adapter", str(run / "adapter"), *EVAL,
-                              "--data-dir", str(shared_data / "benchmarks")])
+                              "--data-dir", str(benchmark_dir)])
     assert result.exit_code == 0, result.output
     assert "paper" not in result.stdout.split("report:")[0]
 
