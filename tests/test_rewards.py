@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +17,23 @@ from lowrank_rlvr.rewards import (
     MAX_ANSWER_CHARS,
     Grader,
     GradeResult,
+    _grade_in_process,  # the in-process path, to read its timed_out flag (math_reward returns the reward alone)
     extract_answer,
     format_reward,
     math_reward,
 )
+
+def _wait_until_dead(pid: int) -> None:
+    """Until process `pid` is a zombie or gone (Linux /proc): a deterministic point after a SIGKILL."""
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        os.sched_yield()
+
 
 POWER_TOWER = ("\\boxed{10^{10^{10^{10}}}}", "10^{10^{10^{9}}}")  # no time limit: runs for ever (measured)
 
@@ -129,26 +142,27 @@ def test_format_reward_needs_a_parsable_box_not_the_right_answer():
 # ---- hostile input, in-process ---------------------------------------------------------------------------------
 
 
-def test_huge_response_is_cut_off_and_scores_zero_fast():
-    started = time.monotonic()
+def test_huge_response_is_cut_off_and_scores_zero():
+    """Cut off before any parsing: no answer is extracted, so math-verify never sees it (no time limit is needed)."""
     assert extract_answer("x" * 200_000 + "\\boxed{" + "9" * 200_000 + "}") is None
+    assert extract_answer("\\boxed{" + "9" * (MAX_ANSWER_CHARS + 1) + "}") is None
     assert math_reward("\\boxed{" + "9" * (MAX_ANSWER_CHARS + 1) + "}", "9" * (MAX_ANSWER_CHARS + 1)) == 0.0
     assert math_reward("y" * 200_000 + " so \\boxed{27}", "27") == 1.0  # long reasoning is fine; the answer is short
-    assert time.monotonic() - started < 5
 
 
-def test_deep_nesting_scores_zero_fast():
-    started = time.monotonic()
-    assert math_reward("\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "1") == 0.0
-    assert math_reward("\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}", "1") == 0.0
-    assert math_reward("\\boxed{" + "\\sqrt{" * 60 + "1" + "}" * 60 + "}", "1") == 0.0
-    assert time.monotonic() - started < 5
+def test_deep_nesting_is_no_answer_and_scores_zero():
+    """Refused by depth before any parsing (MAX_NESTING): no answer is extracted, math-verify never sees it."""
+    hostile = ["\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}", "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",
+               "\\boxed{" + "\\sqrt{" * 60 + "1" + "}" * 60 + "}"]
+    assert [extract_answer(response) for response in hostile] == [None, None, None]
+    assert [math_reward(response, "1") for response in hostile] == [0.0, 0.0, 0.0]
+    assert extract_answer("\\boxed{" + "\\sqrt{" * 10 + "1" + "}" * 10 + "}") is not None  # shallow nesting is fine
 
 
 def test_power_tower_times_out_in_process():
-    started = time.monotonic()
+    # the in-process grading says why it scored 0: the interval timer stopped it (timed_out), not a parse failure
+    assert _grade_in_process(*POWER_TOWER, kind="accuracy", timeout_seconds=1.0) == GradeResult(0.0, "10^{10^{10^{10}}}", True)
     assert math_reward(*POWER_TOWER, timeout_seconds=1.0) == 0.0
-    assert time.monotonic() - started < 3
 
 
 def test_model_output_is_never_run_as_python(tmp_path):
@@ -185,7 +199,7 @@ def test_math_reward_works_outside_the_main_thread():
     scores = []
     thread = threading.Thread(target=lambda: scores.append(math_reward("\\boxed{\\frac{64}{5}}", "12.8")))
     thread.start()
-    thread.join(30)
+    thread.join()
     assert scores == [1.0]
 
 
@@ -235,15 +249,15 @@ def test_grader_rejects_bad_calls(grader):
         grader.grade(["\\boxed{1}", "\\boxed{2}"], ["1"])
 
 
-def test_a_one_shot_step_of_1024_rollouts_grades_in_seconds(grader):
+def test_a_one_shot_step_of_1024_rollouts_is_graded_right(grader):
+    """How long it takes is measured in scripts/bench_rewards.py (benchmarks/results/), not bounded here."""
     finals = ["12.8", "\\frac{64}{5}", "16", "3.2", "12.5", "no box"]
     responses = [f"Reasoning step {n}. " * 40 + f"So $\\boxed{{{finals[n % 6]}}}$." for n in range(1024)]
     responses = [r.replace("\\boxed{no box}", "12.8") for r in responses]
-    started = time.monotonic()
+    replaced = grader.replaced_workers
     results = grader.grade(responses, ["12.8"] * 1024)
-    elapsed = time.monotonic() - started
     assert [r.reward for r in results] == [1.0 if n % 6 < 2 else 0.0 for n in range(1024)]
-    assert elapsed < 15  # measured ~0.1 s; generous for a loaded shared machine
+    assert not any(r.timed_out for r in results) and grader.replaced_workers == replaced
 
 
 def test_hostile_items_time_out_without_blocking_the_batch(grader):
@@ -252,14 +266,14 @@ def test_hostile_items_time_out_without_blocking_the_batch(grader):
     responses[5], answers[5] = POWER_TOWER
     responses[20], answers[20] = POWER_TOWER
     responses[12] = "x" * 200_000 + "\\boxed{" + "(" * 5000 + ")" * 5000 + "}"
-    started = time.monotonic()
+    replaced = grader.replaced_workers
     results = grader.grade(responses, answers)
-    elapsed = time.monotonic() - started
     hostile = {5, 12, 20}
     assert [r.reward for r in results] == [0.0 if n in hostile else 1.0 for n in range(30)]
-    assert results[5].timed_out and results[20].timed_out and not results[12].timed_out
-    # two 2 s limits on two workers run side by side; generous for a loaded 2-core machine
-    assert elapsed < 2.0 + 1.0 + 10
+    # the power towers were stopped by the workers' own time limit (no worker had to be killed for them); the
+    # 200k-character item never reached a worker (no answer extracted); the other 27 were graded as usual
+    assert [n for n, r in enumerate(results) if r.timed_out] == [5, 20] and results[12].extracted is None
+    assert grader.replaced_workers == replaced
     assert grader.grade(["\\boxed{7}"], ["7"])[0].reward == 1.0  # the pool is fine afterwards
 
 
@@ -269,15 +283,12 @@ def test_hung_worker_is_killed_and_replaced():
         grader.wait_ready()  # a worker frozen while still starting would just never be used
         frozen = grader.worker_pids[0]
         os.kill(frozen, signal.SIGSTOP)
-        started = time.monotonic()
         results = grader.grade(["\\boxed{%d}" % n for n in range(12)], [str(n) for n in range(12)])
-        elapsed = time.monotonic() - started
         assert grader.replaced_workers == 1
         assert frozen not in grader.worker_pids
         timed_out = [n for n, r in enumerate(results) if r.timed_out]
         assert len(timed_out) == 1  # only the item the frozen worker held; its queued items went elsewhere
         assert [r.reward for n, r in enumerate(results) if n not in timed_out] == [1.0] * 11
-        assert elapsed < 1.0 + 1.0 + 10
         # the replacement works
         assert [r.reward for r in grader.grade(["\\boxed{2}"] * 6, ["2"] * 6)] == [1.0] * 6
     with pytest.raises(ProcessLookupError):
@@ -287,8 +298,9 @@ def test_hung_worker_is_killed_and_replaced():
 def test_dead_worker_is_replaced_between_calls():
     with Grader(workers=1, timeout_seconds=1.0) as grader:
         assert grader.grade(["\\boxed{1}"], ["1"])[0].reward == 1.0
-        os.kill(grader.worker_pids[0], signal.SIGKILL)
-        time.sleep(0.2)
+        dead = grader.worker_pids[0]
+        os.kill(dead, signal.SIGKILL)
+        _wait_until_dead(dead)  # the kill has landed before the next call: no race with a fixed sleep
         results = grader.grade(["\\boxed{1}", "\\boxed{2}"], ["1", "2"])
         assert grader.replaced_workers == 1
         assert [r.reward for r in results] == [1.0, 1.0]  # items sent to the dead worker were not lost
