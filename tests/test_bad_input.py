@@ -403,7 +403,7 @@ def test_debug_switch_shows_the_traceback(cli, bad, tmp_path):
 
     args = ["grade", str(bad.jsonl_broken), "-o", str(tmp_path / "g.jsonl")]
     proc = subprocess.run(
-        [sys.executable, "-m", "lowrank_rlvr.cli", "--debug", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lowrank_rlvr.cli", "--debug", *args], capture_output=True, text=True
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Traceback (most recent call last):")

@@ -102,7 +102,7 @@ def test_grade_console_script_in_a_fresh_process(tmp_path):
     source = _write_jsonl(tmp_path / "in.jsonl", ROWS)
     target = tmp_path / "out.jsonl"
     completed = subprocess.run(
-        [executable, "grade", str(source), "--output", str(target)], capture_output=True, text=True, timeout=300
+        [executable, "grade", str(source), "--output", str(target)], capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr
     assert [line["reward"] for line in _read_jsonl(target)] == [1.0, 0.0, 0.0, 1.0]

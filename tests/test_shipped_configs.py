@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -64,16 +65,16 @@ def test_the_built_wheel_carries_the_configs_and_plans_one_by_name_outside_the_c
     # no build isolation where this venv's setuptools is recent enough: the build needs no download then
     isolation = [] if int(importlib.metadata.version("setuptools").split(".")[0]) < 68 else ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, str(REPO_ROOT), "-w",
-                    str(wheel_dir)], check=True, capture_output=True, timeout=300)
+                    str(wheel_dir)], check=True, capture_output=True)
     (wheel,) = wheel_dir.glob("lowrank_rlvr-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+                    "--no-deps", str(wheel)], check=True, capture_output=True)
     # the dependencies (torch, transformers, ...) come from this venv, appended after the wheel's own site-packages
     Path(_purelib(venv / "bin" / "python"), "main-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run([str(venv / "bin" / "lowrank-rlvr"), "plan", "qwen2.5-math-1.5b-pi1", "--gpu-memory", "24"],
-                            cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+                            cwd=cwd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fits:" in result.stdout and "total" in result.stdout
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import lowrank_rlvr.config as c; print(c.CONFIG_DIR)"],
@@ -83,6 +84,18 @@ def test_the_built_wheel_carries_the_configs_and_plans_one_by_name_outside_the_c
     listed = subprocess.run([str(venv / "bin" / "lowrank-rlvr"), "configs"], cwd=cwd, capture_output=True, text=True,
                             env=env)
     assert listed.returncode == 0 and "tiny-cpu" in listed.stdout
+
+    # the paper's data is in the wheel: a shipped benchmark evaluates with no data folder, offline
+    packaged = Path(_purelib(venv / "bin" / "python")) / "lowrank_rlvr" / "paper_data"
+    assert sorted(p.relative_to(packaged).as_posix() for p in packaged.rglob("*") if p.is_file()) == sorted(
+        p.relative_to(REPO_ROOT / "data").as_posix() for p in (REPO_ROOT / "data").rglob("*") if p.is_file())
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    evaluated = subprocess.run([str(venv / "bin" / "lowrank-rlvr"), "eval", "builtin:tiny-qwen2", "--benchmarks",
+                                "minerva_math", "--limit", "1", "--max-tokens", "4", "--backend", "hf"],
+                               cwd=cwd, capture_output=True, text=True, env=offline)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (record,) = [json.loads(line) for line in (cwd / "eval_report.jsonl").read_text().splitlines()]
+    assert record["source"] == str(packaged / "benchmarks" / "minerva_math.jsonl")
 
 
 @pytest.mark.parametrize("config, parquets", [

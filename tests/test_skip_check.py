@@ -29,7 +29,7 @@ def _pytest(folder: Path, require: bool) -> subprocess.CompletedProcess:
     if require:
         env["LOWRANK_RLVR_NO_UNEXPECTED_SKIPS"] = "1"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)], cwd=folder,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True)
 
 
 def test_an_unexpected_skip_fails_the_run_and_a_named_one_does_not(tmp_path):
