@@ -14,11 +14,16 @@ setup:
 
 # OMP_NUM_THREADS=1: on a 2-core box torch's default thread pool makes tiny-model steps 10-50x slower.
 # The vLLM tests have their own target (test-vllm, below): they need a separate venv.
-test:
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not vllm"
+# LOWRANK_RLVR_NO_UNEXPECTED_SKIPS=1: a skip whose reason the README does not name fails the run (tests/conftest.py);
+# -rs lists every skip with its reason, --durations=15 the slowest tests.
+PYTEST := LOWRANK_RLVR_NO_UNEXPECTED_SKIPS=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs --durations=15
 
+test:
+	$(PYTEST) -m "not vllm"
+
+# No training runs (tests marked slow): a broken import or CLI fails here in about a minute.
 test-fast:
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not vllm"
+	$(PYTEST) -m "not slow and not vllm"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
@@ -47,8 +52,7 @@ setup-vllm: $(VLLM_VENV)/.installed
 
 # The tests run in the main venv; they call .venv-vllm/bin/lowrank-rlvr in a subprocess and compare with transformers.
 test-vllm: setup-vllm
-	LOWRANK_RLVR_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
-		$(BIN)/python -m pytest -q -m vllm
+	LOWRANK_RLVR_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=1 $(PYTEST) -m vllm
 
 clean-vllm:
 	rm -rf $(VLLM_VENV)
