@@ -190,7 +190,7 @@ def _checked_paper_file(name: str) -> Path:
         return path
     if not path.is_file():
         raise UserError(
-            f"benchmark {name} is not shipped (its problems are the MAA's: see NOTICE.md in the package's data); fetch "
+            f"benchmark {name} is not shipped (its problems are the MAA's: {shipped_data_dir() / 'NOTICE.md'}); fetch "
             f"the paper's file once with `curl -fL --create-dirs -o {path} {FETCH_URL.format(name=name)}`, "
             "or use --hub or --data-dir"
         )
