@@ -39,6 +39,7 @@ def test_model_ids_match_across_mirrors_and_local_folders():
 def test_the_example_set_is_read_from_the_runs_config():
     assert training_of(load_config("qwen2.5-math-1.5b-pi1")) == "pi_1"  # inline example, recognised by its text
     assert training_of({"data": {"path": "x/pi13_r128.parquet"}}) == "pi_13"
+    assert training_of(load_config("qwen2.5-math-1.5b-pi1", ["data={path: pi13_r128}"])) == "pi_13"  # shipped, by name
     assert training_of({"data": {"path": "x/dsr_sub.parquet", "indices": [682, 124]}}) == "pi_1+pi_13"
     assert training_of({"data": {"path": "x/dsr_sub.parquet"}}) == "dsr_sub"
     assert training_of({"data": {"path": "x/pi2_r128.parquet"}}) is None  # no row for pi_2
