@@ -21,7 +21,7 @@ PYTEST := LOWRANK_RLVR_NO_UNEXPECTED_SKIPS=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 
 test:
 	$(PYTEST) -m "not vllm"
 
-# No training runs (tests marked slow): a broken import or CLI fails here in about a minute.
+# No training runs (tests marked slow): a broken import or CLI fails here, before the long runs start.
 test-fast:
 	$(PYTEST) -m "not slow and not vllm"
 
