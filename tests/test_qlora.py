@@ -30,7 +30,7 @@ QLORA = ["--set", "model.load_in_4bit=true", "--set", "grpo.num_generations=4",
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True)
 
 
 def sha256(path: Path) -> str:
