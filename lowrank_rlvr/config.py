@@ -229,6 +229,20 @@ class GRPOSettings(_Section):
     )
     vllm_server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (server mode).")
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (server mode).")
+    max_sampling_logp_difference: float | None = Field(
+        0.5,
+        gt=0,
+        description="With a separate sampler (vLLM, Unsloth's fast_inference): stop training with an error when the "
+        "mean |trainer - sampler| log-probability of the sampled tokens (TRL's sampling/sampling_logp_difference/mean) "
+        "passes this at a step, i.e. the sampler serves other weights than the trained ones; null: never stop (the "
+        "warning, lowrank_rlvr/parity.py, still comes). Ignored without a separate sampler.",
+    )
+    log_rollouts_steps: int = Field(
+        10,
+        ge=0,
+        description="Write one group's completions (text, tokens, rewards, advantage, sampler/trainer gap) to the run "
+        "folder's rollouts.jsonl at step 1 and every this many steps; 0: never.",
+    )
 
     @field_validator("max_time")
     @classmethod

@@ -14,11 +14,16 @@ Reads the run folder's files (none is modified):
 - `config.yaml` (optional): model and example, for the page's header and the paper's figures for them
   (`lowrank_rlvr.paper`), drawn as dashed lines in the accuracy plot when the model and example set match a row.
 
+- `rollouts.jsonl` (optional): the completions of one group every `grpo.log_rollouts_steps` steps; the page shows
+  the newest kept step's.
+
 A run whose trainer logged no entropy at any step (the unsloth backend: Unsloth's GRPO loss does not report it) gets
 an entropy figure that says so, and the page says the entropy-collapse check was off, instead of an empty plot.
 
-Collapse warnings that training printed (recorded under `warnings` in metrics.jsonl, see `lowrank_rlvr.collapse`)
-are marked on every plot (dotted black line) and listed on the page.
+Collapse and sampler-mismatch warnings that training printed (recorded under `warnings` in metrics.jsonl, see
+`lowrank_rlvr.collapse` and `lowrank_rlvr.parity`) are marked on every plot (dotted black line) and listed on the
+page. With a separate sampler (vLLM) the sampler/trainer gap gets its own plot (`sampling.png`), with the warning
+level and the run's `grpo.max_sampling_logp_difference`.
 
 Our definition of the saturation step (the paper reads it off the plot): the first step at which the trailing mean
 of `train_accuracy` over `window` logged steps reaches `threshold` (defaults 10 and 0.95). The paper logs 128 x 8
@@ -61,6 +66,7 @@ class RunLogs:
     eval_by_step: list[dict] = field(default_factory=list)  # sorted by step; accuracies as fractions
     history: dict[str, list[float]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    rollouts: list[dict] = field(default_factory=list)  # rollouts.jsonl, sorted by step
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -83,7 +89,7 @@ def read_run(run_dir: Path) -> RunLogs:
     except UserError:
         cfg = None
     config = cfg.model_dump(mode="json") if cfg is not None else {}
-    return RunLogs(run.path, metrics, eval_by_step, run.read_history(), config)
+    return RunLogs(run.path, metrics, eval_by_step, run.read_history(), config, run.read_rollouts())
 
 
 def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
@@ -306,6 +312,35 @@ def plot_not_measured(key: str, reason: str, path: Path) -> Path:
     return path
 
 
+def plot_sampling(logs: RunLogs, summary: dict, path: Path) -> Path | None:
+    """The sampler/trainer gap per step (mean and max |logp difference|, log scale) with the warning level and the
+    run's hard limit; None when the run had no separate sampler."""
+    from lowrank_rlvr.parity import ParityThresholds
+
+    steps, mean = series(logs.metrics, "sampling_logp_difference_mean")
+    if not steps:
+        return None
+    max_steps, largest = series(logs.metrics, "sampling_logp_difference_max")
+    plt, fig, ax = _figure()
+    ax.plot(steps, mean, color="#9467bd", linewidth=2, marker=".", label="mean |trainer - sampler logp|")
+    if max_steps:
+        ax.plot(max_steps, largest, color="#9467bd", alpha=0.4, linewidth=1, label="max over tokens")
+    ax.axhline(ParityThresholds().warn_mean, color="#ff7f0e", linestyle="--", linewidth=1.2, label="warning level (mean)")
+    limit = (logs.config.get("grpo") or {}).get("max_sampling_logp_difference")
+    if _is_number(limit):
+        ax.axhline(limit, color=HELD_OUT_COLOR, linestyle="--", linewidth=1.2, label=f"training stops (mean > {limit:g})")
+    _mark_collapse(ax, summary["collapse_warnings"])
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("log-probability difference (nats)")
+    ax.set_title("Sampler vs trainer on the sampled tokens (does the sampler serve the trained weights?)", fontsize=10)
+    ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_history(history: dict[str, list[float]], where: Path, path: Path, most: int = 8) -> Path | None:
     """Per-example training accuracy per epoch (the `select` input); the `most` examples that varied most."""
     lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
@@ -361,6 +396,9 @@ def build_report(
             figures.append((key, written))
         else:
             missing.append(key)
+    sampling_png = plot_sampling(logs, summary, output_dir / "sampling.png")
+    if sampling_png:
+        figures.append(("sampling", sampling_png))
     history_png = plot_history(logs.history, RunFolder(logs.run_dir).history_path, output_dir / "history.png")
     if history_png:
         figures.append(("history", history_png))
@@ -369,6 +407,27 @@ def build_report(
     html_path = output_dir / "report.html"
     html_path.write_text(_page(logs, summary, figures))
     return html_path, summary
+
+
+def _rollouts_section(rollouts: list[dict]) -> str:
+    """The newest kept group of completions (rollouts.jsonl), as a table; empty when none were kept."""
+    if not rollouts:
+        return ""
+    latest = rollouts[-1]
+
+    def cell(value) -> str:
+        return "-" if not _is_number(value) else f"{value:.3g}"
+
+    rows = "\n".join(
+        f"<tr><td>{cell(c.get('reward'))}</td><td>{cell(c.get('advantage'))}</td><td>{c.get('tokens', '-')}</td>"
+        f"<td>{cell(c.get('logp_gap_mean'))}</td><td><pre>{html.escape(str(c.get('text', '')))}</pre></td></tr>"
+        for c in latest.get("completions") or [] if isinstance(c, dict)
+    )
+    return f"""<h2>Latest rollouts (step {html.escape(str(latest.get('step')))}, answer {html.escape(str(latest.get('answer')))})</h2>
+<p class="note">Prompt: {html.escape(str(latest.get('prompt', '')))}</p>
+<table class="rollouts"><tr><th>reward</th><th>advantage</th><th>tokens</th><th>sampler gap</th><th>completion</th></tr>
+{rows}
+</table>"""
 
 
 def _percent(value) -> str:
@@ -436,6 +495,7 @@ th {{ color: #555; font-weight: 600; white-space: nowrap; }}
 .grid {{ display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }}
 figure {{ margin: 0; }} img {{ width: 100%; }} figcaption {{ font-size: 0.75em; color: #888; }}
 p.note {{ font-size: 0.85em; color: #555; }}
+table.rollouts pre {{ white-space: pre-wrap; margin: 0; font-size: 0.8em; }}
 </style></head>
 <body>
 <h1>Run report: {html.escape(str(logs.run_dir))}</h1>
@@ -446,5 +506,6 @@ p.note {{ font-size: 0.85em; color: #555; }}
 {images}
 </div>
 <p class="note">{html.escape(definition)}</p>
+{_rollouts_section(logs.rollouts)}
 </body></html>
 """

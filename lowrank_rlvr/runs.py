@@ -5,6 +5,7 @@ folder: they ask a `RunFolder`. Its layout (README's "The run folder" table is c
 
     config.yaml          the resolved config; under `resolved`: the processes and the effective batch
     metrics.jsonl        one line per logged step (keys: METRIC_KEYS)
+    rollouts.jsonl       one group's completions every `grpo.log_rollouts_steps` steps (lowrank_rlvr.rollouts)
     history.json         per-example training accuracy per epoch (the paper's format; a `select` HISTORY)
     checkpoint-N/        adapter, optimizer, scheduler, RNG, step; complete only once `checkpoint_complete` is in it
     adapter/             the final LoRA adapter
@@ -40,17 +41,23 @@ COMPLETE_MARKER = "checkpoint_complete"
 EVAL_REPORT = "eval_report.json"  # also `eval`'s default output outside a run folder
 METRIC_KEYS = (
     "step", "reward_mean", "reward_std", "train_accuracy", "format_reward", "entropy", "completion_length", "kl", "learning_rate",
-    "grad_norm", "reflection_per_1k_tokens", "grader_timeouts", "warnings", "seconds",
+    "grad_norm", "reflection_per_1k_tokens", "grader_timeouts",
+    # the sampler/trainer gap (lowrank_rlvr.parity.SAMPLING_KEYS): null without a separate sampler (vLLM)
+    "sampling_logp_difference_mean", "sampling_logp_difference_max", "importance_sampling_ratio_min",
+    "importance_sampling_ratio_mean", "importance_sampling_ratio_max",
+    "warnings", "seconds",
 )
 LAYOUT = {  # path in the run folder -> what it holds (README's table follows this)
     "config.yaml": "the resolved config, and under `resolved` the processes and the effective batch",
     "metrics.jsonl": "one line per step: " + ", ".join(f"`{key}`" for key in METRIC_KEYS),
     "history.json": "per-example training accuracy per epoch, the paper's format (a valid `select` HISTORY)",
+    "rollouts.jsonl": "at step 1 and every `grpo.log_rollouts_steps` steps, one group's completions: text, tokens, "
+    "reward (and each reward's), advantage, sampler/trainer log-probability gap (vLLM only)",
     "checkpoint-N/": "every `save_steps`: adapter, optimizer, scheduler, RNG, step; complete only once "
     f"`{COMPLETE_MARKER}` is written",
     "adapter/": "the final LoRA adapter (safetensors; `adapter_config.json` names the base)",
-    "report/": "plots (training vs held-out accuracy, entropy, length, reflection words, collapse warnings) and "
-    "`report.html`, drawn at the end of training; `lowrank-rlvr report RUN` redraws",
+    "report/": "plots (training vs held-out accuracy, entropy, length, reflection words, sampler/trainer gap, "
+    "warnings), the latest rollouts and `report.html`, drawn at the end of training; `lowrank-rlvr report RUN` redraws",
     "eval_by_step.jsonl": "accuracy vs step, written by `eval --run` (with `eval/step-N.json` and `.jsonl`)",
     "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
     "tensorboard/": "TensorBoard's event files, with `grpo.report_to: tensorboard` (`wandb/`: wandb's, offline or not)",
@@ -88,6 +95,10 @@ class RunFolder:
     @property
     def history_path(self) -> Path:
         return self.path / "history.json"
+
+    @property
+    def rollouts_path(self) -> Path:
+        return self.path / "rollouts.jsonl"
 
     @property
     def adapter_dir(self) -> Path:
@@ -250,6 +261,23 @@ class RunFolder:
         """Forget what was logged after `step` (None: everything): those steps are trained again."""
         kept = [] if step is None else [row for row in self.read_metrics() if row["step"] <= step]
         _write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+
+    # -- rollouts.jsonl ------------------------------------------------------------------------------------------
+    def read_rollouts(self) -> list[dict]:
+        """One line per kept step (the last written wins), sorted by step; [] when none were kept."""
+        if not self.rollouts_path.is_file():
+            return []
+        return _by_step(self.rollouts_path, read_jsonl(self.rollouts_path, torn_tail_ok=True))
+
+    def append_rollouts(self, record: dict) -> None:
+        with self.rollouts_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def keep_rollouts_through(self, step: int | None) -> None:
+        """Forget the rollouts kept after `step` (None: all), as `keep_metrics_through` does."""
+        if step is None or self.rollouts_path.is_file():
+            kept = [] if step is None else [row for row in self.read_rollouts() if row["step"] <= step]
+            _write(self.rollouts_path, "".join(json.dumps(row) + "\n" for row in kept))
 
     # -- history.json --------------------------------------------------------------------------------------------
     def read_history(self) -> dict[str, list[float]]:

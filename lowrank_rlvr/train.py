@@ -33,6 +33,7 @@ from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
 from lowrank_rlvr.interrupt import GracefulStop, Stopped
 from lowrank_rlvr.model import load_policy
+from lowrank_rlvr.parity import ParityWarning, limit_exceeded, parity_warnings, sampling_values
 from lowrank_rlvr.rewards import reflection_per_1k_tokens
 from lowrank_rlvr.runs import Checkpoint, RunFolder
 from lowrank_rlvr.runtime import Launch, Runtime, launch_from_environment, training_runtime
@@ -108,7 +109,11 @@ def _train(
     # peft 0.21 says so at every save when lm_head is adapted (it then stores the frozen lm_head beside the adapter)
     warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`")
     train_dataset = Dataset.from_list(build_train_rows(runtime.examples, cfg.data.template, cfg.data.repeat, tokenizer))
-    recorder = RunRecorder(run, launch, resumed_step=checkpoint.step if checkpoint else None)
+    recorder = RunRecorder(
+        run, launch, resumed_step=checkpoint.step if checkpoint else None,
+        sampling_limit=cfg.grpo.max_sampling_logp_difference, rollouts_every=cfg.grpo.log_rollouts_steps,
+        group_size=cfg.grpo.num_generations, reward_weights=reward_weights(cfg.reward.kind),
+    )
     if runtime.backend == "unsloth":  # known before the first step: say it once, at the start
         recorder.say_entropy_not_measured()
 
@@ -123,6 +128,10 @@ def _train(
             train_dataset=train_dataset,
         )
         trainer.remove_callback(PrinterCallback)  # it prints every log dict; RunRecorder shows a progress bar instead
+        if getattr(trainer, "use_vllm", False):
+            from lowrank_rlvr.trl_hooks import reload_colocated_weights_layerwise
+
+            reload_colocated_weights_layerwise(trainer)  # vLLM's CPU backend: see trl_hooks
         recorder.install(trainer)
         trainer.add_callback(stop.callback())  # last: it sees the Trainer's own decision to save at this step
         if checkpoint is not None:
@@ -134,6 +143,9 @@ def _train(
             if failure is None:
                 raise
             raise failure from None
+    if recorder.stopped is not None:  # past grpo.max_sampling_logp_difference: the report shows why; no adapter
+        _finish(run, launch)
+        raise UserError(recorder.stopped)
     stop.raise_if_stopped()  # stopped by a signal or the time budget, after saving the step reached
 
     # -- save -------------------------------------------------------------------------------------------------------
@@ -227,13 +239,16 @@ def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
         results = grader.grade(list(completions), list(answer), kind="accuracy")
         rewards = [r.reward for r in results]
         recorder.record_rollouts(example_index, rewards)
+        recorder.note_rewards("accuracy", prompts, completions, answer, completion_ids, rewards)
         if log_metric is not None:
             log_metric("reflection_per_1k_tokens", reflection_per_1k_tokens(completions, [len(c) for c in completion_ids]))
             log_metric("grader_timeouts", float(sum(r.timed_out for r in results)))
         return rewards
 
-    def format(prompts, completions, answer, **_):  # noqa: A001 - the name TRL logs
-        return [r.reward for r in grader.grade(list(completions), list(answer), kind="format")]
+    def format(prompts, completions, answer, completion_ids, **_):  # noqa: A001 - the name TRL logs
+        rewards = [r.reward for r in grader.grade(list(completions), list(answer), kind="format")]
+        recorder.note_rewards("format", prompts, completions, answer, completion_ids, rewards)
+        return rewards
 
     return [accuracy] if kind == "accuracy" else [format, accuracy]
 
@@ -244,22 +259,32 @@ def reward_weights(kind: str) -> list[float]:
 
 
 class RunRecorder:
-    """Writes metrics.jsonl and history.json as training goes, marks checkpoints complete, draws the progress bar,
-    and warns (one line, recorded in the step's `warnings`) when training collapses (`lowrank_rlvr.collapse`).
+    """Writes metrics.jsonl, history.json and rollouts.jsonl as training goes, marks checkpoints complete, draws the
+    progress bar, warns (one line, recorded in the step's `warnings`) when training collapses (`lowrank_rlvr.collapse`)
+    or the sampler drifts from the trained policy (`lowrank_rlvr.parity`), and stops training past
+    `grpo.max_sampling_logp_difference`.
 
     Only the main process writes. Per-example accuracies are gathered from all processes at each epoch's end.
     """
 
-    def __init__(self, run: RunFolder, launch: Launch, resumed_step: int | None):
+    def __init__(
+        self, run: RunFolder, launch: Launch, resumed_step: int | None, sampling_limit: float | None = None,
+        rollouts_every: int = 0, group_size: int = 2, reward_weights: list[float] = (1.0,),
+    ):
         self.run = run
         self.launch = launch
         self.started = time.monotonic()
         self.epoch_correct: dict[int, list[float]] = defaultdict(list)
         self.history: dict[str, list[float]] = {}
-        self.rows: list[dict] = []  # metrics.jsonl so far: what the collapse detector reads
+        self.rows: list[dict] = []  # metrics.jsonl so far: what the collapse and parity detectors read
         self.entropy_note_said = False
+        self.sampling_limit = sampling_limit
+        self.rollouts_every, self.group_size, self.reward_weights = rollouts_every, group_size, list(reward_weights)
+        self.batch: dict[str, Any] = {}  # this generation batch as the reward functions saw it
+        self.stopped: str | None = None  # the error that ends training (past the sampling limit)
         if launch.is_main:
             run.keep_metrics_through(resumed_step)  # steps after the checkpoint are trained (and logged) again
+            run.keep_rollouts_through(resumed_step)
             self.history = run.read_history() if resumed_step is not None else {}
             self.rows = run.read_metrics()
 
@@ -273,9 +298,35 @@ class RunRecorder:
         for index, reward in zip(example_indices, rewards):
             self.epoch_correct[int(index)].append(reward)
 
+    def note_rewards(self, name: str, prompts, completions, answers, completion_ids, rewards: list[float]) -> None:
+        """One reward function's view of the generation batch (the texts, and its rewards) for rollouts.jsonl."""
+        if name not in self.batch.setdefault("rewards", {}):  # the texts are the same for every function
+            self.batch.update(prompts=list(prompts), completions=list(completions), answers=list(answers),
+                              lengths=[len(ids) for ids in completion_ids])
+        self.batch["rewards"][name] = list(rewards)
+
     def install(self, trainer: Any) -> None:
         """Our callback goes first: its additions to a step's logs (collapse warnings) reach the trackers after it."""
         trainer.callback_handler.callbacks.insert(0, self.callback(trainer.args.max_steps))
+        if self.launch.is_main and self.rollouts_every:
+            from lowrank_rlvr.trl_hooks import capture_generation
+
+            capture_generation(trainer, lambda output: self._keep_rollouts(trainer.state.global_step + 1, output))
+
+    def _keep_rollouts(self, step: int, output: dict) -> None:
+        """After a generation batch is scored (for the coming optimizer step): its first group, when due."""
+        from lowrank_rlvr.rollouts import due, group_record, per_completion_gap
+
+        batch, self.batch = self.batch, {}
+        if not due(step, self.rollouts_every) or not batch.get("rewards"):
+            return
+        names = [name for name in ("format", "accuracy") if name in batch["rewards"]]  # reward_functions' order
+        advantages = output.get("advantages")
+        self.run.append_rollouts(group_record(
+            step, batch["prompts"], batch["answers"], batch["completions"], batch["lengths"],
+            {name: batch["rewards"][name] for name in names}, self.reward_weights[-len(names):],
+            None if advantages is None else [float(a) for a in advantages], per_completion_gap(output), self.group_size,
+        ))
 
     def callback(self, max_steps: int) -> Any:
         from transformers import TrainerCallback
@@ -291,6 +342,8 @@ class RunRecorder:
                 # this callback runs before the trackers' (see `install`): what it adds to `logs` reaches them too
                 if state.is_world_process_zero and logs and "reward" in logs:
                     recorder._write_metrics(state.global_step, logs)
+                if logs and "reward" in logs:  # every process: the sampling figures are gathered, the same on all
+                    recorder._stop_past_sampling_limit(state.global_step, logs, control)
 
             def on_save(self, args, state, control, **kwargs):
                 if recorder.launch.distributed:  # every process writes its own rng_state_<rank>.pth: wait for all
@@ -346,21 +399,34 @@ class RunRecorder:
             "grad_norm": logs.get("grad_norm"),
             "reflection_per_1k_tokens": logs.get("reflection_per_1k_tokens"),
             "grader_timeouts": logs.get("grader_timeouts"),
+            **sampling_values(logs),  # None without a separate sampler (vLLM)
             "warnings": [],
             "seconds": round(time.monotonic() - self.started, 3),
         }
         if record["entropy"] is None:  # whatever the backend: a run never passes a missing entropy off as measured
             self.say_entropy_not_measured()
-        warnings_now = collapse_warnings(self.rows + [record])
+        warnings_now: list[Any] = [*collapse_warnings(self.rows + [record]), *parity_warnings(self.rows + [record])]
+        stop = limit_exceeded(record, self.sampling_limit)
+        if stop is not None:  # recorded like a warning, then `_stop_past_sampling_limit` ends training
+            warnings_now.append(ParityWarning(step, "sampling_limit", stop))
         record["warnings"] = [{"kind": w.kind, "message": w.message} for w in warnings_now]
         self.rows.append(record)
         self.run.append_metrics(record)
         for warning in warnings_now:
             logs[f"warnings/{warning.kind}"] = 1.0  # into the trackers' stream as well
-            self._say(f"warning: {warning.message}")
+            if warning.kind != "sampling_limit":  # that one ends the run as its error line
+                self._say(f"warning: {warning.message}")
         if getattr(self, "progress", None):
             status = f"acc {record['train_accuracy']:.2f}  reward {record['reward_mean']:.2f}"
             self.progress.update(self.task, completed=step, status=status)
+
+    def _stop_past_sampling_limit(self, step: int, logs: dict, control: Any) -> None:
+        """Past the limit the Trainer stops after this step (the trackers still get it), and `run_training` ends
+        the run with the error before an adapter is saved."""
+        stop = limit_exceeded({"step": step, **sampling_values(logs)}, self.sampling_limit)
+        if stop is not None:
+            self.stopped = stop
+            control.should_training_stop = True
 
     def _close_epoch(self, is_main: bool) -> None:
         from accelerate.utils import gather_object
