@@ -7,8 +7,8 @@ steps, through the CLI; evaluates the base and every checkpoint of each greedily
 runs `lowrank-rlvr compare` on the four. Writes `benchmarks/results/controls-smollm2-135m-cpu-DATE.json` (commands,
 curves, per-run held-out summaries, the comparison table) and `...-DATE.md` (the table as `compare` printed it).
 
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_controls.py            # 10 steps each (the config: 20)
-    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_controls.py --steps 20
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_controls.py            # 8 steps each (the config: 20)
+    OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_controls.py --steps 20 --save-steps 10 --parallel 1
 
 Every stage resumes: training with `train --resume` (a finished run says so), evaluation from its responses files,
 so the same command after an interruption goes on where it stopped.
@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +43,9 @@ RUNS = {  # name -> config; the first is the treatment
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="training steps of every run (the config's: 20)")
-    parser.add_argument("--save-steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8, help="training steps of every run (the config's: 20)")
+    parser.add_argument("--save-steps", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=2, help="runs trained at once (each takes ~4 GB)")
     parser.add_argument("--held-out", type=int, default=32, help="held-out sums, and random_calculation problems")
     parser.add_argument("--difficulty", type=int, default=1, help="random_calculation operations per problem")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out sums and of random_calculation")
@@ -61,11 +63,15 @@ def main() -> None:
     steps = ["--set", f"grpo.max_steps={args.steps}", "--set", f"grpo.save_steps={args.save_steps}"]
 
     commands, seconds = {}, {}
-    for name, config in RUNS.items():  # train all four first: a failing eval then costs no training
-        train = [CLI, "train", config, "--output-dir", str(root / name), "--resume", *steps]
-        commands[f"train {name}"] = shlex.join(train)
-        print("$", shlex.join(train), flush=True)
-        seconds[f"train {name}"] = round(run(train, root / f"{name}-train.log"), 1)
+
+    def train(name: str) -> None:
+        command = [CLI, "train", RUNS[name], "--output-dir", str(root / name), "--resume", *steps]
+        commands[f"train {name}"] = shlex.join(command)
+        print("$", shlex.join(command), flush=True)
+        seconds[f"train {name}"] = round(run(command, root / f"{name}-train.log"), 1)
+
+    with ThreadPoolExecutor(args.parallel) as pool:  # train all four first: a failing eval then costs no training
+        list(pool.map(train, RUNS))
     for name in RUNS:
         evaluate = [CLI, "eval", "--run", str(root / name), "--benchmarks", "math500,random_calculation",
                     "--data-dir", str(data_dir), "--limit", str(args.held_out), "--difficulty", str(args.difficulty),
