@@ -51,7 +51,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out sums and of random_calculation")
     parser.add_argument("--date", default=datetime.date.today().isoformat(), help="names the folders (resume)")
     parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of the runs, the treatment first")
     args = parser.parse_args()
+    names = [name.strip() for name in args.only.split(",")]
+    if not set(names) <= set(RUNS) or names[0] != "one-shot":
+        parser.error(f"--only: names from {', '.join(RUNS)}, one-shot first")
 
     root = (REPO / args.runs_dir / f"controls-smollm2-135m-cpu-{args.date}").resolve()
     data_dir = root / "held-out"
@@ -70,17 +74,21 @@ def main() -> None:
         print("$", shlex.join(command), flush=True)
         seconds[f"train {name}"] = round(run(command, root / f"{name}-train.log"), 1)
 
-    with ThreadPoolExecutor(args.parallel) as pool:  # train all four first: a failing eval then costs no training
-        list(pool.map(train, RUNS))
-    for name in RUNS:
-        evaluate = [CLI, "eval", "--run", str(root / name), "--benchmarks", "math500,random_calculation",
+    with ThreadPoolExecutor(args.parallel) as pool:  # train all first: a failing eval then costs no training
+        list(pool.map(train, names))
+
+    def evaluate(name: str) -> None:
+        command = [CLI, "eval", "--run", str(root / name), "--benchmarks", "math500,random_calculation",
                     "--data-dir", str(data_dir), "--limit", str(args.held_out), "--difficulty", str(args.difficulty),
                     "--calculation-seed", str(args.seed), "--max-tokens", "48", "--temperature", "0",
                     "--backend", "hf", "--batch-size", "16"]
-        commands[f"eval {name}"] = shlex.join(evaluate)
-        print("$", shlex.join(evaluate), flush=True)
-        seconds[f"eval {name}"] = round(run(evaluate, root / f"{name}-eval.log"), 1)
-    compare = [CLI, "compare", *(str(root / name) for name in RUNS), "--output-dir", str(root / "comparison")]
+        commands[f"eval {name}"] = shlex.join(command)
+        print("$", shlex.join(command), flush=True)
+        seconds[f"eval {name}"] = round(run(command, root / f"{name}-eval.log"), 1)
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(evaluate, names))
+    compare = [CLI, "compare", *(str(root / name) for name in names), "--output-dir", str(root / "comparison")]
     commands["compare"] = shlex.join(compare)
     print("$", shlex.join(compare), flush=True)
     done = subprocess.run(compare, capture_output=True, text=True, cwd=REPO)
@@ -89,12 +97,13 @@ def main() -> None:
     table = (root / "comparison" / "comparison.md").read_text()
 
     per_run = {}
-    for name in RUNS:
+    for name in names:
         folder = root / name
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         evaluated = sorted(int(p.stem.removeprefix("step-")) for p in (folder / "eval").glob("step-*.jsonl"))
         per_run[name] = {
             "config": RUNS[name],
+            "train_seconds_logged": metrics[-1]["seconds"],  # from metrics.jsonl: a resumed stage records ~0 above
             "curves": {key: [m[key] for m in metrics]
                        for key in ("step", "reward_mean", "train_accuracy", "entropy", "completion_length")},
             "eval_by_step": [json.loads(line) for line in (folder / "eval_by_step.jsonl").read_text().splitlines()],
@@ -105,6 +114,7 @@ def main() -> None:
         "what": "SmolLM2-135M-Instruct one-shot GRPO (LoRA, CPU) vs random-reward, entropy-only and wrong-label "
                 "controls; greedy held-out sums and random_calculation, compared with `lowrank-rlvr compare`",
         "date": args.date,
+        "run_names": names,
         "cut": f"{args.steps} steps per run (the shipped config trains 20), checkpoints every {args.save_steps}; "
                f"{args.held_out} held-out sums and {args.held_out} random_calculation problems at difficulty "
                f"{args.difficulty}; 48 new tokens",
