@@ -9,6 +9,9 @@ Where we depart from the Qwen suite: answers are checked by math-verify (the tra
 `math_equal`; generation's own departures (prompts too long for the context, greedy decoding) are in
 `lowrank_rlvr.generation`.
 
+`random_calculation` (`lowrank_rlvr.random_calculation`, generated from a seed) is graded greedily like MATH500 and
+reported beside the six; `average` is the mean over the paper's benchmarks evaluated only (None with none of them).
+
 The printed table sets the paper's figures beside ours when the base model and the run's example set match one of
 its rows (`lowrank_rlvr.paper`: the base row for a base model alone, the trained row for a run's adapter).
 
