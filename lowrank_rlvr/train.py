@@ -119,7 +119,7 @@ def _train(
             peft_config=peft_config,
             processing_class=tokenizer,
             reward_funcs=reward_functions(
-                grader, cfg.reward.kind, recorder, cfg.reward.random_probability, cfg.grpo.seed
+                grader, cfg.reward.kind, recorder, cfg.reward.random_probability, cfg.grpo.seed, launch.rank
             ),
             args=grpo_arguments(cfg, runtime.backend, runtime.on_cuda, runtime.dtype),
             train_dataset=train_dataset,
@@ -242,7 +242,7 @@ REWARD_TERMS: dict[str, tuple[tuple[str, float], ...]] = {
 
 
 def reward_functions(
-    grader: Any, kind: str, recorder: RunRecorder, random_probability: float = 0.5, seed: int = 0
+    grader: Any, kind: str, recorder: RunRecorder, random_probability: float = 0.5, seed: int = 0, rank: int = 0
 ) -> list:
     """TRL reward callables for `kind`, in the order of `REWARD_TERMS[kind]` (their weights: `reward_weights`)."""
 
@@ -258,7 +258,7 @@ def reward_functions(
     def format(prompts, completions, answer, **_):  # noqa: A001 - the name TRL logs
         return [r.reward for r in grader.grade(list(completions), list(answer), kind="format")]
 
-    random_draws = RandomReward(random_probability, seed, int(os.environ.get("RANK", "0")))
+    random_draws = RandomReward(random_probability, seed, rank)
 
     def random(prompts, completions, trainer_state=None, **_):  # noqa: A001 - the name TRL logs
         return random_draws(len(completions), trainer_state.global_step if trainer_state is not None else 0)
