@@ -119,7 +119,8 @@ def main() -> None:
                f"{args.held_out} held-out sums and {args.held_out} random_calculation problems at difficulty "
                f"{args.difficulty}; 48 new tokens",
         "environment": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
-                        "machine": "shared 2-core development box, loaded by other jobs (timings are not speeds)"},
+                        "machine": "shared 2-core development box, loaded by other jobs (timings are not speeds)",
+                        "versions": versions()},
         "commands": commands,
         "seconds": seconds,
         "comparison": table,
@@ -130,6 +131,14 @@ def main() -> None:
     stem.with_suffix(".md").write_text(table)
     print(table)
     print(f"-> {stem.with_suffix('.json')}")
+
+
+def versions() -> dict:
+    import importlib.metadata
+    import platform
+
+    packages = ("torch", "transformers", "trl", "peft", "math-verify")
+    return {"python": platform.python_version(), **{name: importlib.metadata.version(name) for name in packages}}
 
 
 def _sums_summary(jsonl: Path, sums: dict[str, str]) -> dict:
