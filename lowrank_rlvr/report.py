@@ -295,7 +295,7 @@ ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entr
 def plot_not_measured(key: str, reason: str, path: Path) -> Path:
     """The figure of a metric the run could not measure: its title and, where the curve would be, why not."""
     _, ylabel, title = SERIES[key]
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     import textwrap
 
     ax.text(0.5, 0.5, textwrap.fill(reason, 60), transform=ax.transAxes, ha="center", va="center", fontsize=10)
