@@ -57,6 +57,7 @@ class _OneLineUsageErrors(TyperGroup):
             return super().invoke(ctx)
 
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 
 app = typer.Typer(
@@ -139,7 +140,7 @@ def evaluate(
     model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder, builtin:tiny-qwen2 or builtin:smollm2-135m (optional with --run)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
-    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: all)."),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: these six), and/or random_calculation (generated from a seed, reported beside the six, not in their average)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: the paper's files, shipped; AIME24/25 and AMC23 fetched once, see data/NOTICE.md)."),
     hub: bool = typer.Option(False, "--hub", help="Download the benchmarks from the Hugging Face Hub instead (not byte for byte the paper's files)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
@@ -154,13 +155,17 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
     grader_workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
     grader_timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
+    difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help="random_calculation: arithmetic operations per problem (1-12)."),
+    calculation_seed: int = typer.Option(DEFAULT_SEED, "--calculation-seed", help=f"random_calculation: the seed its {DEFAULT_COUNT} problems are generated from."),
 ) -> None:
-    """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench."""
+    """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench (and random_calculation)."""
     from lowrank_rlvr.evaluate import run_eval_command
+    from lowrank_rlvr.random_calculation import RandomCalculation
 
+    calculation = RandomCalculation(seed=calculation_seed, difficulty=difficulty)
     typer.echo(run_eval_command(
         model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-        output, seed, batch_size, grader_workers, grader_timeout, hub,
+        output, seed, batch_size, grader_workers, grader_timeout, hub, calculation,
     ))
 
 
@@ -283,6 +288,19 @@ def report(
     html_path, summary = build_report(run_dir, output_dir, threshold=threshold, window=window)
     saturated = summary["saturation_step"]
     typer.echo(f"saturation step: {saturated if saturated is not None else 'not reached'}; report: {html_path}")
+
+
+@app.command()
+@_fail_cleanly
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders, the treatment first, then its controls (one base model)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default FIRST_RUN/comparison)."),
+) -> None:
+    """Runs side by side: training curves, held-out accuracy (final and best) with differences from the first run."""
+    from lowrank_rlvr.compare import compare_runs
+
+    text, page = compare_runs(runs, output_dir)
+    typer.echo(f"{text}\n\npage: {page}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

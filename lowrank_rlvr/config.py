@@ -151,11 +151,19 @@ class DataSettings(_Section):
 
 
 class RewardSettings(_Section):
-    kind: Literal["accuracy", "format", "format+accuracy"] = Field(
+    kind: Literal["accuracy", "format", "format+accuracy", "random", "zero"] = Field(
         "accuracy",
         description="'accuracy': 1 if the last \\boxed{} equals the gold answer (math-verify), else 0. "
         "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline). 'format+accuracy': their "
-        "sum (0, 1 or 2), for a model that first has to learn to box at all. Accuracy is logged in every case.",
+        "sum (0, 1 or 2), for a model that first has to learn to box at all. Controls: 'random': each rollout earns 1 "
+        "with probability random_probability, whatever its text (Shao et al. 2025's random reward; seeded by "
+        "grpo.seed, the step and the process, so a run repeats exactly); 'zero': no reward at all, so every advantage "
+        "is 0 and only the entropy bonus (entropy_coef) and the KL term (beta) train: with entropy_coef > 0 the "
+        "paper's entropy-loss-only ablation. Accuracy is computed and logged in every case, and trains only with "
+        "'accuracy' and 'format+accuracy'.",
+    )
+    random_probability: float = Field(
+        0.5, ge=0, le=1, description="reward.kind 'random': the probability that a rollout is rewarded 1."
     )
     require_simplified_answer: bool = Field(
         False,

@@ -9,6 +9,9 @@ Where we depart from the Qwen suite: answers are checked by math-verify (the tra
 `math_equal`; generation's own departures (prompts too long for the context, greedy decoding) are in
 `lowrank_rlvr.generation`.
 
+`random_calculation` (`lowrank_rlvr.random_calculation`, generated from a seed) is graded greedily like MATH500 and
+reported beside the six; `average` is the mean over the paper's benchmarks evaluated only (None with none of them).
+
 The printed table sets the paper's figures beside ours when the base model and the run's example set match one of
 its rows (`lowrank_rlvr.paper`: the base row for a base model alone, the trained row for a run's adapter).
 
@@ -27,16 +30,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from lowrank_rlvr.benchmarks import Problem, benchmark_source, load_benchmark, parse_benchmarks
+from lowrank_rlvr.benchmarks import (
+    BENCHMARKS, GENERATED_BENCHMARKS, Problem, benchmark_source, load_benchmark, parse_benchmarks,
+)
 from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
 from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
+from lowrank_rlvr.random_calculation import RandomCalculation
 from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader, restates_question
 from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, read_jsonl
 
-GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench")
+GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "random_calculation")
 SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
 
 
@@ -141,8 +147,8 @@ def _table(report: dict, paper: Any) -> str:
         rows = ["| benchmark | accuracy | problems | samples |", "|---|---:|---:|---:|"]
         for name, result in report["benchmarks"].items():
             rows.append(f"| {name} | {100 * result['accuracy']:.1f} | {result['num_problems']} | {result['num_samples']} |")
-        rows.append(f"| **average** | **{100 * report['average']:.1f}** | | |")
-        return "\n".join(rows)
+        rows.append(f"| **average** | **{_percent(report['average'])}** | | |")
+        return "\n".join(rows) + _generated_note(report)
     rows = [f"| benchmark | accuracy | {paper.label} | problems | samples |", "|---|---:|---:|---:|---:|"]
     for name, result in report["benchmarks"].items():
         theirs = paper.benchmarks.get(name)
@@ -150,10 +156,32 @@ def _table(report: dict, paper: Any) -> str:
             f"| {name} | {100 * result['accuracy']:.1f} | {'-' if theirs is None else f'{theirs:.1f}'} | "
             f"{result['num_problems']} | {result['num_samples']} |"
         )
-    theirs = comparable_average(paper, list(report["benchmarks"]))
-    rows.append(f"| **average** | **{100 * report['average']:.1f}** | {'-' if theirs is None else f'{theirs:.1f}'} | | |")
+    theirs = comparable_average(paper, paper_benchmarks(report["benchmarks"])) if report["average"] is not None else None
+    rows.append(f"| **average** | **{_percent(report['average'])}** | {'-' if theirs is None else f'{theirs:.1f}'} | | |")
     subset = "" if theirs == paper.average else "; its average here is its mean over the benchmarks evaluated"
-    return "\n".join(rows) + f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)"
+    return ("\n".join(rows) + _generated_note(report)
+            + f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)")
+
+
+def paper_benchmarks(names) -> list[str]:
+    """The names among `names` that count in the average: the paper's six, not the generated ones."""
+    return [name for name in names if name in BENCHMARKS]
+
+
+def average_accuracy(results: dict[str, dict]) -> float | None:
+    """The mean accuracy over the paper's benchmarks evaluated (generated ones are reported beside it, never in it);
+    None when only generated benchmarks were evaluated."""
+    values = [results[name]["accuracy"] for name in paper_benchmarks(results)]
+    return sum(values) / len(values) if values else None
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _generated_note(report: dict) -> str:
+    generated = [name for name in report["benchmarks"] if name in GENERATED_BENCHMARKS]
+    return f"\n\n{', '.join(generated)}: generated problems, not in the average" if generated else ""
 
 
 # -------------------------------------------------------------------------------------------------------- evaluation
@@ -162,6 +190,7 @@ def _table(report: dict, paper: Any) -> str:
 def run_eval_command(
     model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
     output, seed, batch_size, grader_workers=DEFAULT_GRADER_WORKERS, grader_timeout=DEFAULT_TIMEOUT_SECONDS, hub=False,
+    calculation: RandomCalculation | None = None,
 ) -> str:
     """`lowrank-rlvr eval`: one evaluation (MODEL [--adapter]) or a checkpoint sweep (--run); returns what to print."""
     if backend not in ("auto", "vllm", "hf"):
@@ -169,7 +198,7 @@ def run_eval_command(
     common = dict(
         benchmarks=benchmarks, data_dir=str(data_dir) if data_dir else None, hub=hub, limit=limit, samples=samples,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, backend=backend, seed=seed, batch_size=batch_size,
-        grader_workers=grader_workers, grader_timeout=grader_timeout,
+        grader_workers=grader_workers, grader_timeout=grader_timeout, calculation=calculation,
     )
     if run is not None:
         if adapter is not None or output is not None:
@@ -179,8 +208,8 @@ def run_eval_command(
         table = ["| step | " + " | ".join(names) + " | average |", "|---:" * (len(names) + 2) + "|"]
         for line in lines:
             cells = " | ".join(f"{100 * acc:.1f}" for acc in line["benchmarks"].values())
-            table.append(f"| {line['step']} | {cells} | {100 * line['average']:.1f} |")
-        table += _paper_rows(read_run_config(run), model, names)
+            table.append(f"| {line['step']} | {cells} | {_percent(line['average'])} |")
+        table += _paper_rows(read_run_config(run), model, names)  # '-' under a generated benchmark
         return "\n".join(table) + f"\n\naccuracy by step: {RunFolder(run).eval_by_step_path}"
     if model is None:
         raise UserError("give MODEL (a Hub id, a folder, builtin:tiny-qwen2 or builtin:smollm2-135m), or --run RUN")
@@ -202,7 +231,7 @@ def _paper_rows(run_config: dict | None, model: str | None, names: list[str]) ->
         paper = reference_for_run(run_config, model=model, step=step)
         if paper is not None:
             cells = " | ".join("-" if paper.benchmarks.get(n) is None else f"{paper.benchmarks[n]:.1f}" for n in names)
-            average = comparable_average(paper, names)
+            average = comparable_average(paper, paper_benchmarks(names)) if paper_benchmarks(names) else None
             rows.append(f"| {paper.label} | {cells} | {'-' if average is None else f'{average:.1f}'} |")
     return rows
 
@@ -225,6 +254,7 @@ def run_eval(
     grader_workers: int = DEFAULT_GRADER_WORKERS,
     grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
     hub: bool = False,
+    calculation: RandomCalculation | None = None,
 ) -> dict:
     """Evaluate `model` (+ `adapter`) and write the report and the responses; returns the report. Benchmarks come
     from `data_dir`, the Hub (`hub`), else the paper's files (`lowrank_rlvr.benchmarks`)."""
@@ -234,7 +264,7 @@ def run_eval(
     adapter_dir = _check_adapter(adapter)
     adapter_dirs = [adapter_dir] if adapter_dir else []
     backend = choose_sampler(backend, adapter_dirs)  # before any download
-    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens)
+    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
     report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
     writable_file(responses_path(report_path), "responses file")
     check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
@@ -262,6 +292,7 @@ def run_sweep(
     grader_workers: int = DEFAULT_GRADER_WORKERS,
     grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
     hub: bool = False,
+    calculation: RandomCalculation | None = None,
 ) -> list[dict]:
     """Evaluate the base (step 0), every `checkpoint-N` and the final `adapter/` (step grpo.max_steps, unless a
     checkpoint has that step) of a run; write RUN/eval_by_step.jsonl, one line per step, rewritten after each step."""
@@ -285,7 +316,7 @@ def run_sweep(
     template = template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
     names = parse_benchmarks(benchmarks)
     backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
-    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens)
+    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
     writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
     writable_file(run.eval_by_step_path, "sweep results file")
     check_model(resolve_model_path(model), "model", shown=model)
@@ -363,7 +394,7 @@ def evaluate_suite(
         "model": model,
         "adapter": adapter,
         "benchmarks": results,
-        "average": sum(r["accuracy"] for r in results.values()) / len(results),
+        "average": average_accuracy(results),
         "settings": {
             "backend": generator.backend, "template": template, "max_tokens": suite[0][2].max_tokens, "seed": seed,
             "data_dir": str(data_dir) if data_dir else None, "limit": limit, "dtype": generator.dtype,
@@ -376,16 +407,22 @@ def evaluate_suite(
 
 
 def _load_suite(
-    names, data_dir, hub, limit, samples, temperature, top_p, max_tokens
+    names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation=None
 ) -> list[tuple[str, list[Problem], Sampling, str]]:
-    """(name, problems, sampling, source) per benchmark; `source` (the file read, or the Hub id) goes with every answer."""
+    """(name, problems, sampling, source) per benchmark; `source` (the file read, the Hub id, or the generator's
+    settings) goes with every answer."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1 (got {limit})")
     suite = []
     for name in names:
         sampling = protocol_sampling(name, samples, temperature, top_p, max_tokens)
-        problems = load_benchmark(name, data_dir, hub)
-        suite.append((name, problems[:limit] if limit else problems, sampling, benchmark_source(name, data_dir, hub)))
+        if name in GENERATED_BENCHMARKS:  # made here from a seed (--calculation-seed, --difficulty), not read
+            calculation = calculation or RandomCalculation()
+            problems = calculation.problems()
+            source = f"generated: seed {calculation.seed}, difficulty {calculation.difficulty}"
+        else:
+            problems, source = load_benchmark(name, data_dir, hub), benchmark_source(name, data_dir, hub)
+        suite.append((name, problems[:limit] if limit else problems, sampling, source))
     return suite
 
 

@@ -14,7 +14,7 @@ six-benchmark average) and that average, for a base model (`base`, before RLVR) 
 | `format`      | a format-only reward (`reward.kind: format`); which example set the paper used for that row is not recorded here, so it is shown for any format-reward run on Qwen2.5-Math-1.5B |
 
 How a run's example set is recognised (`training_of`, from the run's resolved `config.yaml`):
-- `reward.kind: format` -> `format`;
+- `reward.kind: format` -> `format`; the controls `random` and `zero` -> no row (only the base row at step 0);
 - inline `data.examples`: each must be a known example (its gold answer, and a phrase of its problem text);
 - `data.path`: a file named like the paper's `pi<N>_r<copies>.parquet` / `.jsonl` is pi_N; `dsr_sub.*` is the pool,
   narrowed by `data.indices` (DSR-sub indices: 124 -> pi_1, 682 -> pi_13) when they are given;
@@ -141,8 +141,11 @@ def training_of(config: dict | Any | None) -> str | None:
         config = config.model_dump(mode="json")
     if not isinstance(config, dict):
         return None
-    if ((config.get("reward") or {}).get("kind")) == "format":
+    kind = (config.get("reward") or {}).get("kind")
+    if kind == "format":
         return "format"
+    if kind in ("random", "zero"):  # controls: the example set is the treatment's, what trained it is not
+        return None
     data = config.get("data") or {}
     indices = data.get("indices")
     if data.get("examples"):

@@ -42,6 +42,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lowrank_rlvr.benchmarks import GENERATED_BENCHMARKS
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
@@ -105,8 +106,9 @@ def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
     for row in rows:
         benchmarks = {name: v / scale for name, v in row["benchmarks"].items() if _is_number(v)}
         average = row.get("average")
-        if not _is_number(average):
-            average = sum(benchmarks.values()) / len(benchmarks) if benchmarks else None
+        if not _is_number(average):  # the paper's benchmarks only: a generated one is never in the average
+            counted = [v for name, v in benchmarks.items() if name not in GENERATED_BENCHMARKS]
+            average = sum(counted) / len(counted) if counted else None
         else:
             average = average / scale
         normalised.append({"step": row["step"], "benchmarks": benchmarks, "average": average})
@@ -176,7 +178,7 @@ def summarize(logs: RunLogs, threshold: float = 0.95, window: int = 10) -> dict:
 # -- plots -------------------------------------------------------------------------------------------------------
 
 
-def _figure():
+def new_figure():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,7 +212,7 @@ def _mark_saturation(ax, saturated: int | None, last_step: int) -> None:
 
 def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     """Training accuracy on the example(s) (raw and trailing mean) vs held-out accuracy over steps, in percent."""
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     steps, accuracy = series(logs.metrics, "train_accuracy")
     window = summary["saturation_window"]
     if steps:
@@ -226,7 +228,8 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
                 ax.plot([s for s, _ in points], [100 * v for _, v in points], linewidth=0.9, linestyle=":", marker=".",
                         color=BENCHMARK_COLORS[number % len(BENCHMARK_COLORS)], alpha=0.8, label=name)
         points = [(row["step"], row["average"]) for row in evals if row["average"] is not None]
-        label = "held-out average" if len(names) > 1 else f"held-out ({names[0]})" if names else "held-out"
+        counted = [name for name in names if name not in GENERATED_BENCHMARKS]  # what `average` is the mean of
+        label = "held-out average" if len(counted) > 1 else f"held-out ({counted[0]})" if counted else "held-out"
         ax.plot([s for s, _ in points], [100 * v for _, v in points], color=HELD_OUT_COLOR, linewidth=2.2,
                 marker="o", markersize=4, label=label)
     else:
@@ -255,7 +258,8 @@ def paper_lines(logs: RunLogs) -> list[tuple[str, float, float]]:
     (`lowrank_rlvr.paper`), over the benchmarks the held-out curve shows; none when no row matches."""
     from lowrank_rlvr.paper import BENCHMARK_ORDER, comparable_average, reference_for_run
 
-    names = sorted({name for row in logs.eval_by_step for name in row["benchmarks"]}) or list(BENCHMARK_ORDER)
+    names = sorted({name for row in logs.eval_by_step for name in row["benchmarks"]} - set(GENERATED_BENCHMARKS))
+    names = names or list(BENCHMARK_ORDER)
     lines = []
     for step, alpha in ((0, 0.45), (None, 0.9)):
         row = reference_for_run(logs.config or None, step=step)
@@ -272,7 +276,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     if not steps:
         return None
     _, ylabel, title = SERIES[key]
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     window = summary["saturation_window"]
     ax.plot(steps, values, color="#444444", alpha=0.3, linewidth=1, label="per step")
     ax.plot(steps, trailing_mean(values, window), color="#9467bd", linewidth=2, label=f"mean of {window} steps")
@@ -297,7 +301,7 @@ ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entr
 def plot_not_measured(key: str, reason: str, path: Path) -> Path:
     """The figure of a metric the run could not measure: its title and, where the curve would be, why not."""
     _, ylabel, title = SERIES[key]
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     import textwrap
 
     ax.text(0.5, 0.5, textwrap.fill(reason, 60), transform=ax.transAxes, ha="center", va="center", fontsize=10)
@@ -350,7 +354,7 @@ def plot_history(history: dict[str, list[float]], where: Path, path: Path, most:
 
     scores = history_scores(parse_history(lists, str(where)))
     shown = rank_by_score(scores)[:most]
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     for index in shown:
         values = lists[str(index)]
         ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o", markersize=3, linewidth=1.2,
@@ -474,19 +478,42 @@ def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
         rows.append((f"warning at step {warning['step']}", warning.get("message", warning.get("kind", ""))))
     if summary["not_logged"]:
         rows.append(("not logged by this run", ", ".join(summary["not_logged"])))
-    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    images = "\n".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
-        f"<figcaption>{path.name}</figcaption></figure>"
-        for name, path in figures
-    )
+    table = html_rows(rows)
+    images = html_figures(figures)
     definition = (
         f"Saturation step: the first step at which the mean training accuracy over the last {summary['saturation_window']} "
         f"logged steps reached {100 * summary['saturation_threshold']:.0f}% (our definition; the paper reads it off "
         "the curve). Reflection words: " + ", ".join(REFLECTION_WORDS) + ", counted per 1,000 completion tokens."
     )
+    body = f"""<table>
+{table}
+</table>
+<div class="grid">
+{images}
+</div>
+<p class="note">{html.escape(definition)}</p>
+{_rollouts_section(logs.rollouts)}"""
+    return html_page(f"lowrank-rlvr report: {logs.run_dir.name}", f"Run report: {logs.run_dir}", body)
+
+
+def html_rows(rows: list[tuple[str, object]]) -> str:
+    """(label, value) pairs as the rows of a two-column table, escaped."""
+    return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+
+
+def html_figures(figures: list[tuple[str, Path]]) -> str:
+    """PNGs embedded in the page (it stays one file)."""
+    return "\n".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{path.name}</figcaption></figure>"
+        for name, path in figures
+    )
+
+
+def html_page(title: str, heading: str, body: str) -> str:
+    """The page around `body` (HTML): the style every lowrank-rlvr page shares (`report`, `compare`)."""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>lowrank-rlvr report: {html.escape(logs.run_dir.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 1.5em auto; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1em; }}
@@ -496,16 +523,10 @@ th {{ color: #555; font-weight: 600; white-space: nowrap; }}
 figure {{ margin: 0; }} img {{ width: 100%; }} figcaption {{ font-size: 0.75em; color: #888; }}
 p.note {{ font-size: 0.85em; color: #555; }}
 table.rollouts pre {{ white-space: pre-wrap; margin: 0; font-size: 0.8em; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style></head>
 <body>
-<h1>Run report: {html.escape(str(logs.run_dir))}</h1>
-<table>
-{table}
-</table>
-<div class="grid">
-{images}
-</div>
-<p class="note">{html.escape(definition)}</p>
-{_rollouts_section(logs.rollouts)}
+<h1>{html.escape(heading)}</h1>
+{body}
 </body></html>
 """

@@ -14,6 +14,7 @@ folder: they ask a `RunFolder`. Its layout (README's "The run folder" table is c
     eval_by_step.jsonl   accuracy vs step (`eval --run`); eval/step-N.json(l) the reports and responses behind it
     eval_report.json     `eval --adapter RUN/adapter` (RUN/checkpoint-N: eval_report-checkpoint-N.json)
     train.lock           while `train` writes the folder: its pid, host and start (`RunFolder.writer_lock`)
+    comparison/          `compare RUN OTHER...` with this run first: plots, comparison.html, comparison.md
 
 Writes are atomic (a staging file renamed over the target), so a killed process never leaves a half-written
 config.yaml, history.json or adapter; JSONL files are appended line by line, and a torn last line (a job killed
@@ -62,6 +63,8 @@ LAYOUT = {  # path in the run folder -> what it holds (README's table follows th
     "eval_report.json": "`eval --adapter RUN/adapter` (`eval_report-checkpoint-N.json` for a checkpoint)",
     "tensorboard/": "TensorBoard's event files, with `grpo.report_to: tensorboard` (`wandb/`: wandb's, offline or not)",
     "train.lock": "there while `train` writes the folder (one writer at a time): its pid, host and start",
+    "comparison/": "`lowrank-rlvr compare RUN OTHER...` with this run first (the treatment): plots, `comparison.html`, "
+    "`comparison.md`",
 }
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
@@ -118,6 +121,15 @@ class RunFolder:
 
     def eval_step_report(self, step: int) -> Path:
         return self.path / "eval" / f"step-{step}.json"
+
+    @property
+    def comparison_dir(self) -> Path:
+        return self.path / "comparison"
+
+    @staticmethod
+    def comparison_files(folder: Path) -> tuple[Path, Path]:
+        """(page, markdown table) that `compare` writes into `folder`."""
+        return folder / "comparison.html", folder / "comparison.md"
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / f"checkpoint-{step}"
@@ -299,6 +311,17 @@ class RunFolder:
 
     def write_eval_by_step(self, lines: list[dict]) -> None:
         _write(self.eval_by_step_path, "".join(json.dumps(line) + "\n" for line in lines))
+
+    def read_eval_report(self, step: int | None = None) -> dict | None:
+        """The `eval` report behind step `step` of eval_by_step.jsonl (eval/step-N.json), or with None the final
+        adapter's `eval --adapter RUN/adapter` report (eval_report.json); None when it was not written."""
+        path = self.eval_step_report(step) if step is not None else self.path / EVAL_REPORT
+        if not path.is_file():
+            return None
+        report = read_json(path, "eval report")
+        if not isinstance(report, dict) or not isinstance(report.get("benchmarks"), dict):
+            raise UserError(f"{path}: not an eval report (expected 'benchmarks': {{name: result}})")
+        return report
 
     # -- adapter/ ------------------------------------------------------------------------------------------------
     def staging_adapter_dir(self) -> Path:

@@ -123,7 +123,9 @@ def _train(
             model=model,
             peft_config=peft_config,
             processing_class=tokenizer,
-            reward_funcs=reward_functions(grader, cfg.reward.kind, recorder),
+            reward_funcs=reward_functions(
+                grader, cfg.reward.kind, recorder, cfg.reward.random_probability, cfg.grpo.seed, launch.rank
+            ),
             args=grpo_arguments(cfg, runtime.backend, runtime.on_cuda, runtime.dtype),
             train_dataset=train_dataset,
         )
@@ -230,10 +232,31 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
     )
 
 
-def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
-    """TRL reward callables, in the order of `reward_weights(kind)`. `accuracy` is always computed (it is
-    `train_accuracy`); with kind 'format' it rides along with weight 0 and only the format reward trains, with
-    'format+accuracy' both train."""
+# reward.kind -> the TRL reward functions it computes, in order, each with its weight in the trained reward (TRL sums
+# weight x reward). `accuracy` is in every row: it is `train_accuracy`, the measurement, and trains only where its
+# weight is not 0. Under 'zero' every weight is 0, so every advantage is 0 (see `zero_reward_still_trains`).
+REWARD_TERMS: dict[str, tuple[tuple[str, float], ...]] = {
+    "accuracy": (("accuracy", 1.0),),
+    "format": (("format", 1.0), ("accuracy", 0.0)),
+    "format+accuracy": (("format", 1.0), ("accuracy", 1.0)),
+    "random": (("random", 1.0), ("accuracy", 0.0)),
+    "zero": (("accuracy", 0.0),),
+}
+
+# Why 'zero' (and the paper's entropy-only ablation) still trains, read in TRL 1.14.2's `GRPOTrainer._compute_loss`
+# (trl/trainer/grpo_trainer.py): with every advantage 0 the policy term `per_token_loss = -torch.min(per_token_loss1,
+# per_token_loss2)` (line 3191, both `coef * advantages`) is 0, but `per_token_loss = per_token_loss + self.beta *
+# per_token_kl` (line 3221) and `loss = loss - apply_coef * entropy_loss` (line 3282, enabled by
+# `self._entropy_bonus_enabled = self.entropy_coef != 0.0 ...`, line 849) are added whatever the advantages are, and
+# nothing skips a step whose rewards all tie. So the adapter moves through the entropy bonus and the KL term only.
+# The KL term's gradient is 0 while the policy equals the reference (LoRA starts as a no-op), so with beta alone
+# nothing moves either. tests/test_controls.py checks both on the tiny model.
+
+
+def reward_functions(
+    grader: Any, kind: str, recorder: RunRecorder, random_probability: float = 0.5, seed: int = 0, rank: int = 0
+) -> list:
+    """TRL reward callables for `kind`, in the order of `REWARD_TERMS[kind]` (their weights: `reward_weights`)."""
 
     def accuracy(prompts, completions, answer, example_index, completion_ids, log_metric=None, **_):
         results = grader.grade(list(completions), list(answer), kind="accuracy")
@@ -250,12 +273,42 @@ def reward_functions(grader: Any, kind: str, recorder: RunRecorder) -> list:
         recorder.note_rewards("format", prompts, completions, answer, completion_ids, rewards)
         return rewards
 
-    return [accuracy] if kind == "accuracy" else [format, accuracy]
+    random_draws = RandomReward(random_probability, seed, rank)
+
+    def random(prompts, completions, trainer_state=None, **_):  # noqa: A001 - the name TRL logs
+        return random_draws(len(completions), trainer_state.global_step if trainer_state is not None else 0)
+
+    functions = {"accuracy": accuracy, "format": format, "random": random}
+    return [functions[name] for name, _ in REWARD_TERMS[kind]]
 
 
 def reward_weights(kind: str) -> list[float]:
     """What TRL sums into the trained reward, one weight per `reward_functions(kind)` entry."""
-    return {"accuracy": [1.0], "format": [1.0, 0.0], "format+accuracy": [1.0, 1.0]}[kind]
+    return [weight for _, weight in REWARD_TERMS[kind]]
+
+
+class RandomReward:
+    """reward.kind 'random' (Shao et al. 2025, arXiv 2506.10947): 1 with probability `probability`, else 0, never
+    looking at the text. The draws of a call are seeded by (seed, step, process rank, call within the step), so a run
+    repeats exactly, and so does a resumed one from its checkpoint on.
+
+    Example:
+        >>> draws = RandomReward(0.5, seed=42)
+        >>> draws(4, step=0) == RandomReward(0.5, seed=42)(4, step=0)
+        True
+    """
+
+    def __init__(self, probability: float, seed: int, rank: int = 0):
+        self.probability, self.seed, self.rank = probability, seed, rank
+        self.calls: dict[int, int] = defaultdict(int)
+
+    def __call__(self, count: int, step: int) -> list[float]:
+        import random
+
+        call = self.calls[step]
+        self.calls[step] += 1
+        draws = random.Random(f"random-reward:{self.seed}:{step}:{self.rank}:{call}")  # str seeds hash stably (sha512)
+        return [1.0 if draws.random() < self.probability else 0.0 for _ in range(count)]
 
 
 class RunRecorder:
@@ -494,7 +547,8 @@ def _describe(cfg: RunConfig, runtime: Runtime) -> None:
     print(
         f"process {launch.rank}/{launch.world_size}: backend {runtime.backend}, {batch // g.num_generations} "
         f"prompts x {g.num_generations} rollouts per generation batch ({g.per_device_train_batch_size} per device "
-        f"x {g.gradient_accumulation_steps} accumulation x {launch.world_size} processes)",
+        f"x {g.gradient_accumulation_steps} accumulation x {launch.world_size} processes)\n",
+        end="",  # one write with its newline: the ranks share one stdout, and print's separate "\n" interleaved
         flush=True,
     )
 

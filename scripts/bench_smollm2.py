@@ -62,7 +62,11 @@ def run(command: list[str], log: Path) -> float:
 
 def held_out_summary(jsonl: Path, problems: dict[str, str]) -> dict:
     """Accuracy, box rate and echo shares of one checkpoint's greedy answers."""
-    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return records_summary([json.loads(line) for line in jsonl.read_text().splitlines()], problems)
+
+
+def records_summary(records: list[dict], problems: dict[str, str]) -> dict:
+    """`held_out_summary` of `eval`'s response records."""
     count = len(records)
     boxed = [r for r in records if r["extracted"] is not None]
     unevaluated = [r for r in boxed if is_unevaluated_arithmetic(r["extracted"])]
