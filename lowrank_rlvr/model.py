@@ -12,7 +12,6 @@ same base with the adapter switched off (no second copy of the weights).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path

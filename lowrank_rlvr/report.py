@@ -325,7 +325,7 @@ def plot_sampling(logs: RunLogs, summary: dict, path: Path) -> Path | None:
     if not steps:
         return None
     max_steps, largest = series(logs.metrics, "sampling_logp_difference_max")
-    plt, fig, ax = _figure()
+    plt, fig, ax = new_figure()
     ax.plot(steps, mean, color="#9467bd", linewidth=2, marker=".", label="mean |trainer - sampler logp|")
     if max_steps:
         ax.plot(max_steps, largest, color="#9467bd", alpha=0.4, linewidth=1, label="max over tokens")

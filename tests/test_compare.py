@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, tiny_model, shared_data) -> tuple[Path, Path]:
+def two_runs(tmp_path_factory, tiny_model, benchmark_dir) -> tuple[Path, Path]:
     """A tiny accuracy run (the treatment) and a random-reward control, both trained and swept by `eval --run`."""
     root = tmp_path_factory.mktemp("compare")
     runs = (root / "treatment", root / "control")
@@ -35,7 +34,7 @@ def two_runs(tmp_path_factory, tiny_model, shared_data) -> tuple[Path, Path]:
         result = run_cli("train", "tiny-cpu", "-o", str(run), *SHORT, "--set", f"reward.kind={kind}")
         assert result.returncode == 0, result.stderr[-3000:]
         result = run_cli("eval", "--run", str(run), "--benchmarks", "math500,random_calculation", "--data-dir",
-                         str(shared_data / "benchmarks"), "--limit", "3", "--max-tokens", "8", "--backend", "hf")
+                         str(benchmark_dir), "--limit", "3", "--max-tokens", "8", "--backend", "hf")
         assert result.returncode == 0, result.stderr[-3000:]
     return runs
 

@@ -87,10 +87,10 @@ def test_it_is_named_not_default_and_the_six_stay_the_default():
     assert parse_benchmarks("math500,random_calculation") == ["math500", "random_calculation"]
 
 
-def test_eval_reports_it_beside_the_six_never_in_their_average(cli, tiny_model, shared_data, tmp_path):
+def test_eval_reports_it_beside_the_six_never_in_their_average(cli, tiny_model, benchmark_dir, tmp_path):
     out = tmp_path / "report.json"
     result = cli.invoke(app, ["eval", "builtin:tiny-qwen2", "--benchmarks", "math500,random_calculation",
-                              "--data-dir", str(shared_data / "benchmarks"), "--limit", "3", "--max-tokens", "8",
+                              "--data-dir", str(benchmark_dir), "--limit", "3", "--max-tokens", "8",
                               "--backend", "hf", "--difficulty", "2", "--calculation-seed", "5", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
