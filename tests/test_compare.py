@@ -22,7 +22,7 @@ SHORT = ["--set", "grpo.max_steps=2", "--set", "grpo.save_steps=1", "--set", "gr
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ CLI = [str(Path(sys.executable).parent / "lowrank-rlvr")]
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=900, env=env)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -61,7 +61,7 @@ def train(command: list[str], run_dir: Path, *settings: str) -> subprocess.Compl
     args = ["train", "smollm2-135m-cpu", "--output-dir", str(run_dir)]
     for setting in [*TEST_SETTINGS, *settings]:
         args += ["--set", setting]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=2400, env=env)
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env)
 
 
 def metrics(run_dir: Path) -> list[dict]:
