@@ -39,7 +39,9 @@ from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import atomic_output, writable_dir
 from lowrank_rlvr.paper import SOURCE, comparable_average, model_key, reference_for_run
-from lowrank_rlvr.report import RunLogs, new_figure, html_figures, html_page, read_run, series, trailing_mean
+from lowrank_rlvr.report import (
+    RunLogs, html_figures, html_page, new_figure, read_run, save_figure, series, trailing_mean,
+)
 from lowrank_rlvr.runs import RunFolder
 
 WINDOW = 10  # logged steps in the trailing mean of the training curves (report.py's default)
@@ -294,10 +296,7 @@ def plot_training(runs: list[ComparedRun], key: str, ylabel: str, path: Path) ->
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} (mean of {WINDOW} steps bold)", fontsize=10)
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_held_out_by_step(runs: list[ComparedRun], name: str, path: Path) -> Path | None:
@@ -319,10 +318,7 @@ def plot_held_out_by_step(runs: list[ComparedRun], name: str, path: Path) -> Pat
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Held-out accuracy by step: {name}", fontsize=10)
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_final(runs: list[ComparedRun], path: Path) -> Path:
@@ -344,10 +340,7 @@ def plot_final(runs: list[ComparedRun], path: Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Held-out accuracy at the final checkpoint (± one standard error)", fontsize=10)
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 # -- the command -------------------------------------------------------------------------------------------------

@@ -189,6 +189,14 @@ def new_figure():
     return plt, fig, ax
 
 
+def save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write and close a figure made by `new_figure`; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def collapse_warnings(metrics: list[dict]) -> list[dict]:
     """The collapse warnings training printed and recorded (`warnings` of metrics.jsonl), each with its step."""
     return [
@@ -247,10 +255,7 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Training accuracy on the example(s) vs held-out accuracy")
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def paper_lines(logs: RunLogs) -> list[tuple[str, float, float]]:
@@ -289,10 +294,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     span = (high - low) or 1.0
     ax.set_ylim(low - 0.04 * span, high + 0.1 * span)  # a flat zero line stays visible above the axis
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
@@ -310,10 +312,7 @@ def plot_not_measured(key: str, reason: str, path: Path) -> Path:
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}: not measured", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_sampling(logs: RunLogs, summary: dict, path: Path) -> Path | None:
@@ -339,10 +338,7 @@ def plot_sampling(logs: RunLogs, summary: dict, path: Path) -> Path | None:
     ax.set_ylabel("log-probability difference (nats)")
     ax.set_title("Sampler vs trainer on the sampled tokens (does the sampler serve the trained weights?)", fontsize=10)
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_history(history: dict[str, list[float]], where: Path, path: Path, most: int = 8) -> Path | None:
@@ -368,10 +364,7 @@ def plot_history(history: dict[str, list[float]], where: Path, path: Path, most:
     more = f", {len(shown)} of {len(lists)} with the largest spread" if len(lists) > len(shown) else ""
     ax.set_title(f"Per-example training accuracy per epoch{more}", fontsize=10)
     ax.legend(loc="best", fontsize=7, framealpha=0.85)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 # -- the page ----------------------------------------------------------------------------------------------------
