@@ -41,7 +41,7 @@ from typing import Any, Iterable
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import answer_text
-from lowrank_rlvr.runs import read_jsonl
+from lowrank_rlvr.files import read_jsonl
 from lowrank_rlvr.shipped import cache_root, data_dir as shipped_data_dir
 
 BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order

@@ -56,9 +56,10 @@ class _OneLineUsageErrors(TyperGroup):
         with _usage_errors_in_one_line():
             return super().invoke(ctx)
 
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE
+from lowrank_rlvr.defaults import PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS
 
 app = typer.Typer(
     cls=_OneLineUsageErrors,
@@ -153,8 +154,8 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report JSON (responses go to the .jsonl beside it). Default: RUN/eval_report.json for a run's adapter, else ./eval_report.json."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
-    grader_workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
-    grader_timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
+    grader_workers: int = typer.Option(GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
+    grader_timeout: float = typer.Option(GRADER_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
     difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help="random_calculation: arithmetic operations per problem (1-12)."),
     calculation_seed: int = typer.Option(DEFAULT_SEED, "--calculation-seed", help=f"random_calculation: the seed its {DEFAULT_COUNT} problems are generated from."),
 ) -> None:
@@ -232,8 +233,8 @@ def select(
 def grade(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl: one JSON object per line with 'response' and 'answer'."),
     output: Path = typer.Option(..., "--output", "-o", help="Input lines plus 'reward' and 'extracted', in order."),
-    workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--timeout", min=0.01, callback=_finite, help="Hard time limit in seconds per response."),
+    workers: int = typer.Option(GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
+    timeout: float = typer.Option(GRADER_TIMEOUT_SECONDS, "--timeout", min=0.01, callback=_finite, help="Hard time limit in seconds per response."),
     kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
 ) -> None:
     """Grade a JSONL of responses against answers with the training reward."""

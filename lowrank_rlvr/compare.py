@@ -21,7 +21,7 @@ The paper's rows (`lowrank_rlvr.paper`) are listed where a run's base model and 
 and the trained row of a treatment (controls have none). Generated benchmarks (`random_calculation`) are shown in
 their own column and never averaged in.
 
-Runs must share one base model (compared by `paper.model_key`, so a 4-bit mirror is the same model); anything else
+Runs must share one base model (compared by `pretrained.model_key`, so a 4-bit mirror is the same model); anything else
 stops with one line, as do fewer than two runs and a run with no held-out evaluation.
 
 Outputs, into `--output-dir` (default: the treatment's `comparison/`): one PNG per plot, `comparison.html` (the
@@ -38,7 +38,8 @@ from pathlib import Path
 from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import atomic_output, writable_dir
-from lowrank_rlvr.paper import SOURCE, comparable_average, model_key, reference_for_run
+from lowrank_rlvr.paper import SOURCE, comparable_average, reference_for_run
+from lowrank_rlvr.pretrained import model_key
 from lowrank_rlvr.report import (
     RunLogs, html_figures, html_page, new_figure, read_run, save_figure, series, trailing_mean,
 )

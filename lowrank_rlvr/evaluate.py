@@ -30,17 +30,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
+from lowrank_rlvr.adapters import read_adapter
 from lowrank_rlvr.benchmarks import (
     BENCHMARKS, GENERATED_BENCHMARKS, Problem, benchmark_source, load_benchmark, parse_benchmarks,
 )
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE
+from lowrank_rlvr.defaults import PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
+from lowrank_rlvr.files import appended_log, atomic_output, check_model, writable_dir, writable_file
 from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
-from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
+from lowrank_rlvr.paper import SOURCE, comparable_average, reference, reference_for_run
 from lowrank_rlvr.random_calculation import RandomCalculation
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader, restates_question
-from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, read_jsonl
+from lowrank_rlvr.rewards import restates_question
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS
+from lowrank_rlvr.grading import Grader
+from lowrank_rlvr.files import read_jsonl
+from lowrank_rlvr.runs import EVAL_REPORT, RunFolder
 
 GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "random_calculation")
 SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
@@ -189,12 +194,10 @@ def _generated_note(report: dict) -> str:
 
 def run_eval_command(
     model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-    output, seed, batch_size, grader_workers=DEFAULT_GRADER_WORKERS, grader_timeout=DEFAULT_TIMEOUT_SECONDS, hub=False,
+    output, seed, batch_size, grader_workers=GRADER_WORKERS, grader_timeout=GRADER_TIMEOUT_SECONDS, hub=False,
     calculation: RandomCalculation | None = None,
 ) -> str:
     """`lowrank-rlvr eval`: one evaluation (MODEL [--adapter]) or a checkpoint sweep (--run); returns what to print."""
-    if backend not in ("auto", "vllm", "hf"):
-        raise UserError(f"unknown backend {backend!r} (choose vllm, hf or auto)")
     common = dict(
         benchmarks=benchmarks, data_dir=str(data_dir) if data_dir else None, hub=hub, limit=limit, samples=samples,
         temperature=temperature, top_p=top_p, max_tokens=max_tokens, backend=backend, seed=seed, batch_size=batch_size,
@@ -209,7 +212,7 @@ def run_eval_command(
         for line in lines:
             cells = " | ".join(f"{100 * acc:.1f}" for acc in line["benchmarks"].values())
             table.append(f"| {line['step']} | {cells} | {_percent(line['average'])} |")
-        table += _paper_rows(read_run_config(run), model, names)  # '-' under a generated benchmark
+        table += _paper_rows(RunFolder(run).config_data(), model, names)  # '-' under a generated benchmark
         return "\n".join(table) + f"\n\naccuracy by step: {RunFolder(run).eval_by_step_path}"
     if model is None:
         raise UserError("give MODEL (a Hub id, a folder, builtin:tiny-qwen2 or builtin:smollm2-135m), or --run RUN")
@@ -220,7 +223,7 @@ def run_eval_command(
     if adapter is None:
         paper = reference(model, "base")  # the base model alone: the paper's step 0
     else:
-        paper = reference_for_run(read_run_config(Path(adapter).expanduser().resolve().parent), model=model)
+        paper = reference_for_run(RunFolder(Path(adapter).expanduser().resolve().parent).config_data(), model=model)
     return markdown_table(report, paper) + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}"
 
 
@@ -251,24 +254,24 @@ def run_eval(
     output: str | Path | None = None,
     seed: int = 0,
     batch_size: int = 8,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
-    grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    grader_workers: int = GRADER_WORKERS,
+    grader_timeout: float = GRADER_TIMEOUT_SECONDS,
     hub: bool = False,
     calculation: RandomCalculation | None = None,
 ) -> dict:
     """Evaluate `model` (+ `adapter`) and write the report and the responses; returns the report. Benchmarks come
     from `data_dir`, the Hub (`hub`), else the paper's files (`lowrank_rlvr.benchmarks`)."""
-    from lowrank_rlvr.model import resolve_model_path
+    from lowrank_rlvr.builtin import resolve_model_path
 
     names = parse_benchmarks(benchmarks)
-    adapter_dir = _check_adapter(adapter)
-    adapter_dirs = [adapter_dir] if adapter_dir else []
-    backend = choose_sampler(backend, adapter_dirs)  # before any download
+    adapters = [read_adapter(adapter)] if adapter is not None else []  # damaged files fail here, before the model
+    adapter_dir = adapters[0].path if adapters else None
+    sampler = choose_sampler(backend, adapters)  # before any download
     suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
     report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
     writable_file(responses_path(report_path), "responses file")
     check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
-    generator = open_generator(backend, resolve_model_path(model), adapter_dirs, seed, batch_size)
+    generator = open_generator(sampler, resolve_model_path(model), adapters, seed, batch_size)
     with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
         return evaluate_suite(
             generator, grader, model, adapter_dir, suite, template, report_path, seed, data_dir, limit
@@ -289,20 +292,16 @@ def run_sweep(
     backend: str = "auto",
     seed: int = 0,
     batch_size: int = 8,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
-    grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    grader_workers: int = GRADER_WORKERS,
+    grader_timeout: float = GRADER_TIMEOUT_SECONDS,
     hub: bool = False,
     calculation: RandomCalculation | None = None,
 ) -> list[dict]:
     """Evaluate the base (step 0), every `checkpoint-N` and the final `adapter/` (step grpo.max_steps, unless a
     checkpoint has that step) of a run; write RUN/eval_by_step.jsonl, one line per step, rewritten after each step."""
-    from lowrank_rlvr.model import resolve_model_path
+    from lowrank_rlvr.builtin import resolve_model_path
 
-    run = RunFolder(run_dir)
-    if run.path.is_file():
-        raise UserError(f"{run.path}: run folder is a file, expected a folder")
-    if not run.path.is_dir():
-        raise UserError(f"run folder not found: {run.path}")
+    run = RunFolder.existing(run_dir)
     cfg = run.read_config()
     steps = [(c.step, c.path.resolve()) for c in run.checkpoints()]  # complete ones only
     final_step = cfg.grpo.max_steps if cfg else None
@@ -310,17 +309,18 @@ def run_sweep(
         steps.append((final_step, run.adapter_dir.resolve()))  # the last steps after the last checkpoint
     if not steps:
         raise UserError(f"{run.path}: no complete checkpoint-N folders (train with grpo.save_steps to write them)")
-    model = model or (cfg.model.name_or_path if cfg else None) or _adapter_base(max(steps)[1])
+    adapters = [read_adapter(path) for _, path in steps]
+    model = model or (cfg.model.name_or_path if cfg else None) or adapters[steps.index(max(steps))].base
     if not model:
         raise UserError(f"{run.path}: cannot tell the base model (no config.yaml); give MODEL")
     template = template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
     names = parse_benchmarks(benchmarks)
-    backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
+    sampler = choose_sampler(backend, adapters)  # before any download
     suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
     writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
     writable_file(run.eval_by_step_path, "sweep results file")
     check_model(resolve_model_path(model), "model", shown=model)
-    generator = open_generator(backend, resolve_model_path(model), [d for _, d in steps], seed, batch_size)
+    generator = open_generator(sampler, resolve_model_path(model), adapters, seed, batch_size)
     lines: list[dict] = []
     with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
         for step, adapter_dir in [(0, None), *sorted(steps)]:
@@ -353,7 +353,7 @@ def evaluate_suite(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
 
     adapter = str(adapter_dir) if adapter_dir else None
     jsonl = responses_path(report_path)
@@ -426,16 +426,6 @@ def _load_suite(
     return suite
 
 
-def _check_adapter(adapter: str | None) -> Path | None:
-    if adapter is None:
-        return None
-    adapter_dir = Path(adapter).expanduser()
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json there (give a peft adapter folder)")
-    read_adapter_config(adapter_dir)  # a damaged config or truncated weights fail here, before the model loads
-    return adapter_dir.resolve()
-
-
 def _matching_records(previous: list[dict], name: str, key: str, jsonl: Path) -> list[dict]:
     """This benchmark's earlier records, the last one per (problem, sample) (a re-generated partial problem wins)."""
     mine = [r for r in previous if r.get("benchmark") == name]
@@ -457,9 +447,3 @@ def _complete_ids(records: list[dict], num_samples: int) -> set[str]:
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _adapter_base(adapter_dir: Path) -> str | None:
-    return read_adapter_config(adapter_dir).get("base_model_name_or_path")
-
-

@@ -27,15 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lowrank_rlvr.adapters import Adapter, read_adapter
 from lowrank_rlvr.errors import UserError, first_line
 from lowrank_rlvr.files import read_json_object
+from lowrank_rlvr.pretrained import is_prequantized, sixteen_bit_name
 from lowrank_rlvr.runs import RunFolder
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 CARD_TAGS = ["lowrank-rlvr", "rlvr", "grpo", "one-shot-rlvr", "lora", "math", "reasoning"]
 PAPER = "https://arxiv.org/abs/2504.20571"
-# Name suffixes of pre-quantized bitsandbytes uploads (Unsloth's mirrors); the name without them is the 16-bit model.
-_PREQUANTIZED_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-8bit")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Eval settings worth a reader's attention; the report's local paths (report, responses, data_dir) stay out of the card.
 _CARD_EVAL_SETTINGS = ("backend", "template", "max_tokens", "temperature", "top_p", "seed", "dtype", "limit")
@@ -63,7 +63,7 @@ def export(
     Preconditions (adapter, output folder, Hub token, Unsloth for GGUF) are checked before any weight is loaded, so a
     typo costs seconds, not a merge. Returns the metrics of every stage in one dict.
     """
-    read_adapter_config(adapter_dir)
+    read_adapter(adapter_dir)
     check_output_dir(output_dir, overwrite)
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -81,16 +81,6 @@ def export(
     return metrics
 
 
-def read_adapter_config(adapter_dir: Path) -> dict:
-    """The adapter's `adapter_config.json` (UserError when the folder holds no complete, readable LoRA adapter)."""
-    from lowrank_rlvr.files import read_adapter_config as read_checked
-
-    config = read_checked(adapter_dir)
-    if not (adapter_dir / "adapter_model.safetensors").exists():  # peft's legacy adapter_model.bin
-        raise UserError(f"{adapter_dir}: no adapter_model.safetensors next to adapter_config.json")
-    return config
-
-
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     from lowrank_rlvr.files import writable_dir
 
@@ -100,23 +90,18 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
         raise UserError(f"--output {output_dir} exists and is not empty (pass --overwrite to replace it)")
 
 
-def choose_base(adapter_config: dict, run_config: Any | None, base: str | None) -> str:
+def choose_base(adapter: Adapter, run_config: Any | None, base: str | None) -> str:
     """The 16/32-bit base to merge into: `--base`, else the adapter's base (its 16-bit twin if it is pre-quantized)."""
     if base:
         return base
-    named = adapter_config.get("base_model_name_or_path")
+    named = adapter.base
     if not named:
         raise UserError("the adapter's adapter_config.json names no base_model_name_or_path: pass --base")
-    if not named.lower().endswith(_PREQUANTIZED_SUFFIXES):
+    if not is_prequantized(named):
         return named
-    if run_config is not None and not run_config.model.name_or_path.lower().endswith(_PREQUANTIZED_SUFFIXES):
+    if run_config is not None and not is_prequantized(run_config.model.name_or_path):
         return run_config.model.name_or_path
-    stem = named
-    for suffix in _PREQUANTIZED_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return stem
+    return sixteen_bit_name(named)
 
 
 def merge_adapter(
@@ -137,15 +122,15 @@ def merge_adapter(
     from rich.console import Console
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from lowrank_rlvr.builtin import resolve_model_path
     from lowrank_rlvr.files import check_model
-    from lowrank_rlvr.model import resolve_model_path
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    adapter_config = read_adapter_config(adapter_dir)
+    adapter = read_adapter(adapter_dir)
     check_output_dir(output_dir, overwrite)
     run = find_run(adapter_dir)
-    base_name = choose_base(adapter_config, run["config"], base)
+    base_name = choose_base(adapter, run["config"], base)
     base_path = resolve_model_path(base_name)
     if run["config"] is not None and resolve_model_path(run["config"].model.name_or_path) == base_path:
         base_name = run["config"].model.name_or_path  # 'builtin:tiny-qwen2' or the Hub id, not a cache folder
@@ -196,7 +181,7 @@ def merge_adapter(
                 "base": base_name,
                 "adapter": str(adapter_dir),
                 "dtype": dtype,
-                "lora_modules_merged": count_lora_modules(adapter_dir),
+                "lora_modules_merged": sum(".lora_A." in key for key in adapter.lora_tensor_names()),
                 "logits_max_rel_diff": max_rel_diff,
                 "step": run["step"],
             }
@@ -229,7 +214,7 @@ def check_all_weights_loaded(peft_model: Any, adapter_dir: Path, base_name: str)
 
     peft loads with strict=False: an adapter from a deeper model would otherwise merge silently and partially.
     """
-    file_keys = lora_tensor_names(adapter_dir)
+    file_keys = read_adapter(adapter_dir).lora_tensor_names()
     model_keys = {
         name.replace(".default", "") for name, _ in peft_model.named_parameters() if ".lora_A." in name or ".lora_B." in name
     }
@@ -239,17 +224,6 @@ def check_all_weights_loaded(peft_model: Any, adapter_dir: Path, base_name: str)
         example = (unused or missing)[0]
         what = f"{len(unused)} adapter tensors have no place in it" if unused else f"{len(missing)} base layers get no weights"
         raise UserError(f"adapter {adapter_dir} does not fit base {base_name!r}: {what} (e.g. {example})")
-
-
-def lora_tensor_names(adapter_dir: Path) -> set[str]:
-    from safetensors import safe_open
-
-    with safe_open(adapter_dir / "adapter_model.safetensors", framework="pt") as handle:
-        return {key for key in handle.keys() if ".lora_A." in key or ".lora_B." in key}
-
-
-def count_lora_modules(adapter_dir: Path) -> int:
-    return sum(1 for key in lora_tensor_names(adapter_dir) if ".lora_A." in key)
 
 
 def find_run(adapter_dir: Path) -> dict[str, Any]:
@@ -402,7 +376,7 @@ def eval_table(report: dict, eval_by_step: dict | None = None, paper: Any = None
 
 def usage_lines(model_id: str, cfg: Any | None) -> list[str]:
     """A vLLM snippet with the prompt template the model was trained on (it answers best in that format)."""
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
 
     template = cfg.data.template if cfg is not None else "qwen-math-cot"
     lines = ["```python", "from vllm import LLM, SamplingParams", "", f"llm = LLM({model_id!r})"]

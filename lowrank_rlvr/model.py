@@ -12,66 +12,13 @@ same base with the adapter switched off (no second copy of the weights).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from lowrank_rlvr.config import SMOLLM2_MODEL, TINY_MODEL, RunConfig
+from lowrank_rlvr.config import RunConfig
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.shipped import cache_root as shipped_cache_root
 
 if TYPE_CHECKING:
     from lowrank_rlvr.runtime import Launch, Runtime
-
-ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # 'all-linear'
-
-
-def cached_model_dir(name: str, build: Callable[[Path], None], cache_root: Path | None = None) -> Path:
-    """`$LOWRANK_RLVR_CACHE/<name>` (default ~/.cache/lowrank_rlvr), made by `build(folder)` on first use: built in a
-    staging folder and renamed into place, so a half-built model is never taken for the cached one."""
-    root = Path(cache_root or shipped_cache_root())
-    target = root / name
-    if (target / "model.safetensors").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
-    try:
-        build(staging / "model")
-        try:
-            (staging / "model").rename(target)
-        except OSError:  # another process finished first
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map `builtin:tiny-qwen2` / `builtin:smollm2-135m` to their local folders (built on first use); pass Hub ids
-    and folders through."""
-    if name_or_path == TINY_MODEL:
-        from lowrank_rlvr.tiny import tiny_model_dir
-
-        return str(tiny_model_dir())
-    if name_or_path == SMOLLM2_MODEL:
-        from lowrank_rlvr.smollm2 import smollm2_model_dir
-
-        return str(smollm2_model_dir())
-    return name_or_path
-
-
-def load_tokenizer(model_path: str, name: str) -> Any:
-    """The model's tokenizer, with a pad token (its end-of-sequence token when it has none)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except OSError as exc:
-        raise UserError(f"model {name!r} could not be loaded: {exc}".splitlines()[0]) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_policy(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
@@ -84,12 +31,6 @@ def load_policy(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
     if runtime.backend == "unsloth":
         return _load_unsloth(cfg, runtime)
     return _load_hf(cfg, runtime)
-
-
-def _lora_target_modules(cfg: RunConfig) -> list[str]:
-    if cfg.lora.target_modules != "all-linear":
-        return cfg.lora.target_modules
-    return list(ALL_LINEAR_MODULES)
 
 
 def hf_device_map(launch: "Launch", on_cuda: bool, load_in_4bit: bool) -> dict[str, int] | None:
@@ -130,7 +71,7 @@ def _load_hf(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, Any]:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=_lora_target_modules(cfg),
+        target_modules=cfg.lora.modules(),
         task_type="CAUSAL_LM",
     )
     return model, tokenizer, lora
@@ -158,7 +99,7 @@ def _load_unsloth(cfg: RunConfig, runtime: "Runtime") -> tuple[Any, Any, None]:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=_lora_target_modules(cfg),
+        target_modules=cfg.lora.modules(),
         use_gradient_checkpointing="unsloth" if cfg.model.gradient_checkpointing else False,
         random_state=cfg.grpo.seed,
     )

@@ -49,12 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lowrank_rlvr.pretrained import model_key
+
 BENCHMARK_ORDER = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's columns
 SOURCE = "Wang et al. 2025, arXiv 2504.20571, Tables 4 and 8"
 R1_CONTEXT = "8k"  # which of the paper's two R1-Distill evaluations (8k, 32k tokens) we compare against
 
-# Unsloth's mirrors of a model carry these suffixes; the name without them is the model itself.
-_QUANTIZED_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-8bit")
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,6 @@ KNOWN_EXAMPLES = {
 _PI_FILE = re.compile(r"^pi(\d+)_r\d+\.(parquet|jsonl|json)$")
 
 
-def model_key(name_or_path: str) -> str:
-    """'Qwen/Qwen2.5-Math-1.5B', 'unsloth/qwen2.5-math-1.5b-bnb-4bit', '/models/Qwen2.5-Math-1.5B' -> 'qwen2.5-math-1.5b'."""
-    key = str(name_or_path).rstrip("/").rsplit("/", 1)[-1].lower()
-    for suffix in _QUANTIZED_SUFFIXES:
-        key = key.removesuffix(suffix)
-    return key
-
-
 def reference(model: str, training: str | None, context: str = R1_CONTEXT) -> PaperRow | None:
     """The paper's row for a base model and training key, or None. R1-Distill has two: `context` picks one."""
     if training is None:
@@ -176,21 +168,6 @@ def reference_for_run(config: dict | Any | None, model: str | None = None, step:
     if not model:
         return None
     return reference(model, "base" if step == 0 else training_of(raw))
-
-
-def read_run_config(run_dir: str | Path | None) -> dict | None:
-    """The config of a run folder (RUN, the parent of RUN/adapter and RUN/checkpoint-N) as plain data, if it has a
-    readable one."""
-    if run_dir is None:
-        return None
-    from lowrank_rlvr.errors import UserError
-    from lowrank_rlvr.runs import RunFolder
-
-    try:
-        cfg = RunFolder(run_dir).read_config()
-    except UserError:
-        return None
-    return cfg.model_dump(mode="json") if cfg is not None else None
 
 
 def comparable_average(row: PaperRow, names: list[str]) -> float | None:

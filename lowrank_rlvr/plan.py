@@ -73,10 +73,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowrank_rlvr.config import RunConfig, load_config
+from lowrank_rlvr.config import ALL_LINEAR_MODULES, RunConfig, load_config
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.generation import VLLM_LORA_RANKS  # Unsloth rounds max_lora_rank up to one of these
-from lowrank_rlvr.model import ALL_LINEAR_MODULES, resolve_model_path
+from lowrank_rlvr.adapters import VLLM_LORA_RANKS
+from lowrank_rlvr.builtin import resolve_model_path
+from lowrank_rlvr.pretrained import model_key
 
 GiB = 1024**3
 
@@ -221,9 +222,8 @@ def model_shape(name_or_path: str) -> ModelShape:
         return ModelShape.from_config_json(_read_json(config_json), name_or_path, str(config_json))
     if folder.is_dir():
         raise UserError(f"model folder {folder} has no config.json")
-    key = name_or_path.rstrip("/").split("/")[-1].lower().removesuffix("-bnb-4bit").removesuffix("-unsloth")
-    if key in KNOWN_MODELS:
-        return KNOWN_MODELS[key]
+    if model_key(name_or_path) in KNOWN_MODELS:
+        return KNOWN_MODELS[model_key(name_or_path)]
     return _hub_shape(name_or_path)
 
 
@@ -353,7 +353,8 @@ def plan_inputs(cfg: RunConfig, gpu_gib: float) -> PlanInputs:
 
 def estimate_prompt_tokens(cfg: RunConfig) -> int:
     """Longest prompt of the config's data in tokens, from its characters (no tokenizer is loaded)."""
-    from lowrank_rlvr.data import load_examples, render_prompt
+    from lowrank_rlvr.data import load_examples
+    from lowrank_rlvr.templates import render_prompt
 
     template = cfg.data.template
     if cfg.data.dataset is not None:

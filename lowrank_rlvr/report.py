@@ -47,6 +47,7 @@ from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
 from lowrank_rlvr.files import writable_dir
+from lowrank_rlvr.history import history_scores, parse_history, rank_by_score
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
     "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
     "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
@@ -74,11 +75,7 @@ class RunLogs:
 
 
 def read_run(run_dir: Path) -> RunLogs:
-    run = RunFolder(run_dir)
-    if run.path.is_file():
-        raise UserError(f"{run.path}: run folder is a file, expected a folder")
-    if not run.path.is_dir():
-        raise UserError(f"run folder not found: {run.path}")
+    run = RunFolder.existing(run_dir)
     if not run.metrics_path.is_file():
         raise UserError(f"{run.path}: no metrics.jsonl (is this a run folder written by `lowrank-rlvr train`?)")
     metrics = run.read_metrics()
@@ -346,8 +343,6 @@ def plot_history(history: dict[str, list[float]], where: Path, path: Path, most:
     lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
     if not lists:
         return None
-    from lowrank_rlvr.select import history_scores, parse_history, rank_by_score
-
     scores = history_scores(parse_history(lists, str(where)))
     shown = rank_by_score(scores)[:most]
     plt, fig, ax = new_figure()

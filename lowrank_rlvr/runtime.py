@@ -197,7 +197,8 @@ def import_backend(backend: str, vllm_standby: bool) -> None:
 
 def training_runtime(cfg: Any, launch: Launch) -> Runtime:
     """Everything `train` needs to know before loading the model; bad data or an impossible backend fail here."""
-    from lowrank_rlvr.data import load_examples, render_prompt
+    from lowrank_rlvr.data import load_examples
+    from lowrank_rlvr.templates import render_prompt
 
     examples = load_examples(cfg.data)
     on_cuda = cuda_available()
@@ -214,7 +215,8 @@ def training_runtime(cfg: Any, launch: Launch) -> Runtime:
             cfg.model.name_or_path, on_cuda, nvidia_driver(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda
         )
     import_backend(backend, cfg.model.vllm_standby)  # before transformers (the tokenizer below) and CUDA
-    from lowrank_rlvr.model import load_tokenizer, resolve_model_path
+    from lowrank_rlvr.pretrained import load_tokenizer
+    from lowrank_rlvr.builtin import resolve_model_path
 
     if on_cuda:  # initialises CUDA: every rank its own GPU before anything is placed on one
         import torch

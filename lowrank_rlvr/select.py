@@ -23,21 +23,19 @@ Example:
 from __future__ import annotations
 
 import json
-import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE
+from lowrank_rlvr.defaults import PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.data import Example, parse_row, read_rows
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS
+from lowrank_rlvr.defaults import GRADER_WORKERS
 from lowrank_rlvr.runs import RunFolder
 from lowrank_rlvr.shipped import shipped_train_file, shipped_train_files
+from lowrank_rlvr.history import METHODS, history_scores, parse_history, rank_by_score
 from lowrank_rlvr.files import atomic_output, check_model, read_json, writable_file
 
-METHODS = ("std", "random")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
 
 
@@ -70,32 +68,6 @@ def load_history(source: Path) -> dict[int, list[float]]:
     return parse_history(read_json(source, "history"), str(source))
 
 
-def parse_history(raw: Any, where: str) -> dict[int, list[float]]:
-    """Check the paper's format: `{"<pool index>": [accuracy in [0, 1], ...]}`, non-empty lists."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a JSON object mapping pool index to a list of accuracies")
-    if not raw:
-        raise UserError(f"{where}: the history is empty")
-    history: dict[int, list[float]] = {}
-    for key, values in raw.items():
-        try:
-            index = int(key)
-        except ValueError:
-            raise UserError(f"{where}: key {key!r} is not a pool index (an integer)") from None
-        if not isinstance(values, list):
-            raise UserError(f"{where}: example {key}: expected a list of accuracies, got {type(values).__name__}")
-        if not values:
-            raise UserError(f"{where}: example {key}: empty accuracy list")
-        for value in values:
-            number_like = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number_like or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise UserError(f"{where}: example {key}: {value!r} is not an accuracy in [0, 1]")
-        if index in history:
-            raise UserError(f"{where}: pool index {index} appears twice")
-        history[index] = [float(v) for v in values]
-    return history
-
-
 def load_pool(path: Path) -> list[Example]:
     """Pool examples (verl or simple layout, parsed as `train` parses `data.path`), each pool index once (the first
     row wins). Rows without a gold answer are kept with `answer == ""`: DSR-sub has one (index 265), and a history
@@ -119,25 +91,6 @@ def load_pool(path: Path) -> list[Example]:
     if not pool:
         raise UserError(f"{path}: the pool holds no examples")
     return list(pool.values())
-
-
-# -- scoring (pure) ----------------------------------------------------------------------------------------------
-
-
-def history_scores(history: dict, method: str = "std", seed: int = 0) -> dict[int, float]:
-    """Score per pool index: 'std' = population std of the accuracy list; 'random' = uniform [0, 1) (the paper's
-    random-selection baseline), reproducible with `seed`."""
-    if method == "std":
-        return {int(index): _population_std(values) for index, values in history.items()}
-    if method == "random":
-        rng = random.Random(seed)
-        return {int(index): rng.random() for index in sorted(int(i) for i in history)}
-    raise UserError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
-
-
-def rank_by_score(scores: dict[int, float]) -> list[int]:
-    """Pool indices, highest score first; equal scores by pool index, smallest first."""
-    return sorted(scores, key=lambda index: (-scores[index], index))
 
 
 def select_examples(
@@ -188,12 +141,6 @@ def select_examples(
     return selected, metrics
 
 
-def _population_std(values: list[float]) -> float:
-    # fsum is exactly rounded, so a permutation of the same accuracies gets the same score and ties stay ties
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-
-
 # -- output ------------------------------------------------------------------------------------------------------
 
 
@@ -229,7 +176,7 @@ def estimate_history(
     max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
     batch_prompts: int = 4,
     seed: int = 0,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
+    grader_workers: int = GRADER_WORKERS,
 ) -> tuple[dict[int, list[float]], dict]:
     """Sample `samples` rollouts per pool example from the base model (transformers generate, the same generator
     as `eval`) and grade them: `{index: [1.0 or 0.0 per rollout]}`, a stand-in history (see the module docstring:
@@ -238,10 +185,10 @@ def estimate_history(
         raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.generation import HFGenerator, Sampling
-    from lowrank_rlvr.model import resolve_model_path
-    from lowrank_rlvr.rewards import Grader
+    from lowrank_rlvr.builtin import resolve_model_path
+    from lowrank_rlvr.grading import Grader
 
     path = resolve_model_path(model_name_or_path)
     check_model(path, "--estimate model", shown=model_name_or_path)  # truncated weights: before loading them

@@ -27,8 +27,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lowrank_rlvr.adapters import ADAPTER_FILES
 from lowrank_rlvr.collapse import collapse_warnings
-from lowrank_rlvr.config import RunConfig, duration_seconds, load_config
+from lowrank_rlvr.config import REWARD_TERMS, RunConfig, duration_seconds, load_config
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
 from lowrank_rlvr.interrupt import GracefulStop, Stopped
@@ -39,7 +40,6 @@ from lowrank_rlvr.runs import Checkpoint, RunFolder
 from lowrank_rlvr.runtime import Launch, Runtime, launch_from_environment, training_runtime
 from lowrank_rlvr.tracking import prepare_tracking
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # what peft needs to load an adapter
 # TRL 1.14.2 logs `entropy` from its own loss only (grpo_trainer.py:3341, in `_compute_loss`); Unsloth 2026.10.9
 # replaces that loss (unsloth/models/rl_replacements.py:4760-5184: it logs completion_length, kl, sampling/*,
 # clip_ratio/*) and applies the entropy bonus without logging the entropy (unsloth_zoo rl_replacements.py:3849-3860).
@@ -103,7 +103,7 @@ def _train(
     from trl import GRPOTrainer
 
     from lowrank_rlvr.data import build_train_rows
-    from lowrank_rlvr.rewards import Grader
+    from lowrank_rlvr.grading import Grader
 
     set_seed(cfg.grpo.seed)  # TRL initialises the LoRA weights before the Trainer seeds anything
     # peft 0.21 says so at every save when lm_head is adapted (it then stores the frozen lm_head beside the adapter)
@@ -231,17 +231,6 @@ def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> A
         log_completions=False,
     )
 
-
-# reward.kind -> the TRL reward functions it computes, in order, each with its weight in the trained reward (TRL sums
-# weight x reward). `accuracy` is in every row: it is `train_accuracy`, the measurement, and trains only where its
-# weight is not 0. Under 'zero' every weight is 0, so every advantage is 0 (see `zero_reward_still_trains`).
-REWARD_TERMS: dict[str, tuple[tuple[str, float], ...]] = {
-    "accuracy": (("accuracy", 1.0),),
-    "format": (("format", 1.0), ("accuracy", 0.0)),
-    "format+accuracy": (("format", 1.0), ("accuracy", 1.0)),
-    "random": (("random", 1.0), ("accuracy", 0.0)),
-    "zero": (("accuracy", 0.0),),
-}
 
 # Why 'zero' (and the paper's entropy-only ablation) still trains, read in TRL 1.14.2's `GRPOTrainer._compute_loss`
 # (trl/trainer/grpo_trainer.py): with every advantage 0 the policy term `per_token_loss = -torch.min(per_token_loss1,

@@ -42,7 +42,7 @@ VERSIONS = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"
 
 def answer(generator, adapter_dir: Path | None, rows: list[dict], template: str, max_tokens: int, grader) -> list[dict]:
     """Greedy answers of one model to the held-out rows, graded as `eval` grades them, as `eval`'s jsonl records."""
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.generation import Sampling
 
     sampling = Sampling(num_samples=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens)
@@ -116,7 +116,7 @@ def main() -> None:
 
     from lowrank_rlvr.generation import HFGenerator
     from lowrank_rlvr.model import load_policy
-    from lowrank_rlvr.rewards import Grader
+    from lowrank_rlvr.grading import Grader
     from lowrank_rlvr.runtime import Launch, training_runtime
 
     runtime = training_runtime(cfg, Launch(0, 1))

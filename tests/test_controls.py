@@ -46,7 +46,8 @@ def train(run_dir: Path, *overrides: str) -> list[dict]:
 
 
 def test_every_reward_kind_computes_accuracy_and_only_accuracy_kinds_train_on_it():
-    from lowrank_rlvr.train import REWARD_TERMS, reward_functions, reward_weights
+    from lowrank_rlvr.config import REWARD_TERMS
+    from lowrank_rlvr.train import reward_functions, reward_weights
 
     kinds = typing.get_args(RewardSettings.model_fields["kind"].annotation)
     assert set(REWARD_TERMS) == set(kinds)

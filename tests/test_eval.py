@@ -199,7 +199,7 @@ def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_
     [
         (["--benchmarks", "math500", "--samples", "4", "--temperature", "0"], "would repeat one greedy answer"),
         (["--benchmarks", "math5000"], "unknown benchmark math5000"),
-        (["--adapter", "/nonexistent/adapter"], "no adapter_config.json"),
+        (["--adapter", "/nonexistent/adapter"], "adapter folder not found"),
         (["--backend", "tpu"], "unknown backend 'tpu'"),
         (["--limit", "0"], "--limit must be >= 1"),
     ],
@@ -262,7 +262,7 @@ def test_a_prompt_longer_than_the_context_is_skipped_and_scored_zero(cli, tiny_m
 
 
 def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, strong_adapter):
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.generation import HFGenerator
 
     generator = HFGenerator(str(tiny_model))
@@ -276,11 +276,12 @@ def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, st
 
 def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
     """vLLM 0.32 serves LoRA on the projections only: 'auto' falls back to transformers, 'vllm' is a clear error."""
-    from lowrank_rlvr.generation import choose_sampler, vllm_unsupported_modules
+    from lowrank_rlvr.adapters import read_adapter
+    from lowrank_rlvr.generation import choose_sampler
 
     adapter = make_adapter(tiny_model, tmp_path / "lm-head-adapter", std=0.05, extra_targets=("lm_head",))
-    assert vllm_unsupported_modules(adapter) == ["lm_head"]
-    assert choose_sampler("auto", [adapter]) == "hf"
+    assert read_adapter(adapter).vllm_unsupported == ["lm_head"]
+    assert choose_sampler("auto", [read_adapter(adapter)]) == "hf"
     result = _eval(cli, TINY, "--adapter", str(adapter), "--backend", "vllm")
     assert result.exit_code == 2
     assert "vLLM cannot serve a LoRA adapter on lm_head" in result.output

@@ -192,13 +192,14 @@ def test_quantized_base_is_refused(cli, tiny_model: Path, tiny_adapter: Path, tm
 
 
 def test_prequantized_base_name_maps_to_its_16bit_twin():
+    from lowrank_rlvr.adapters import Adapter
     from lowrank_rlvr.merge import choose_base
 
-    assert choose_base({"base_model_name_or_path": "unsloth/qwen2.5-math-1.5b-bnb-4bit"}, None, None) == (
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "unsloth/qwen2.5-math-1.5b-bnb-4bit"}), None, None) == (
         "unsloth/qwen2.5-math-1.5b"
     )
-    assert choose_base({"base_model_name_or_path": "Qwen/Qwen2.5-Math-1.5B"}, None, None) == "Qwen/Qwen2.5-Math-1.5B"
-    assert choose_base({"base_model_name_or_path": "a/b-bnb-4bit"}, None, "my/base") == "my/base"
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "Qwen/Qwen2.5-Math-1.5B"}), None, None) == "Qwen/Qwen2.5-Math-1.5B"
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "a/b-bnb-4bit"}), None, "my/base") == "my/base"
 
 
 def test_unknown_dtype_is_refused(cli, tiny_adapter: Path, tmp_path: Path):

@@ -12,7 +12,8 @@ import pytest
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import load_config
 from lowrank_rlvr.runs import RunFolder
-from lowrank_rlvr.paper import R1_CONTEXT, ROWS, markdown_table, model_key, reference, training_of
+from lowrank_rlvr.paper import R1_CONTEXT, ROWS, markdown_table, reference, training_of
+from lowrank_rlvr.pretrained import model_key
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

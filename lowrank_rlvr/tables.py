@@ -1,0 +1,36 @@
+"""The one way a table and a percentage are written (pure): markdown tables for the terminal, the model card, the
+reports; accuracies as percent with one decimal, '-' where there is no number.
+
+Example:
+    >>> print(markdown_table(["benchmark", "accuracy"], [["math500", percent(0.728)]]))
+    | benchmark | accuracy |
+    |---|---:|
+    | math500 | 72.8 |
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+MISSING = "-"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> str:
+    """A markdown table: the first `left` columns aligned left (names), the others right (numbers)."""
+    rule = "|" + "".join("---|" if column < left else "---:|" for column in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", rule]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def percent(fraction: float | None, suffix: str = "") -> str:
+    """0.728 -> '72.8' (+ `suffix`, e.g. '%'); '-' for None or NaN."""
+    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
+        return MISSING
+    return f"{100 * float(fraction):.1f}{suffix}"
+
+
+def figure(value: float | None, suffix: str = "") -> str:
+    """A number already in percent (the paper's figures): 72.8 -> '72.8'; '-' for None."""
+    return MISSING if value is None else f"{value:.1f}{suffix}"
