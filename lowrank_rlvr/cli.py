@@ -27,7 +27,10 @@ from typer.core import TyperGroup
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer._click.globals import get_current_context
 
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError, input_error
+from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE
 
 
 @contextlib.contextmanager
@@ -55,11 +58,6 @@ class _OneLineUsageErrors(TyperGroup):
     def invoke(self, ctx):
         with _usage_errors_in_one_line():
             return super().invoke(ctx)
-
-from lowrank_rlvr.templates import DEFAULT_TEMPLATE
-from lowrank_rlvr.defaults import PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
-from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
-from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS
 
 app = typer.Typer(
     cls=_OneLineUsageErrors,
@@ -270,9 +268,9 @@ def plan(
 @_fail_cleanly
 def configs() -> None:
     """List the shipped configs (name, model, what it is); `train NAME` and `plan NAME` take the name."""
-    from lowrank_rlvr.shipped import config_dir, listing, shipped_configs
+    from lowrank_rlvr.shipped import configs_command
 
-    typer.echo(listing(shipped_configs()) + f"\n\n(in {config_dir()})")
+    typer.echo(configs_command())
 
 
 @app.command()

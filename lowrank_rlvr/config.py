@@ -97,7 +97,7 @@ class ModelSettings(_Section):
 
 
 class LoraSettings(_Section):
-    r: int = Field(16, ge=1, description="LoRA rank. RL updates are low-rank: ranks 8-32 match full fine-tuning.")
+    r: int = Field(16, ge=1, description="LoRA rank: the adapter's capacity (and its size); 8-32 for RL.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (effective scale alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout; 0 keeps rollout and update policies equal.")
     target_modules: list[str] | Literal["all-linear"] = Field(
@@ -178,9 +178,9 @@ class RewardSettings(_Section):
     )
     require_simplified_answer: bool = Field(
         False,
-        description="Score 0 (any kind) for a final answer that is arithmetic left undone, e.g. \\boxed{17+25}: "
-        "math-verify counts it equal to its value, and SmolLM2-135M learned from one example to restate the question "
-        "instead of answering it (benchmarks/README.md).",
+        description="Score 0 (any kind) for a final answer that is arithmetic left undone, e.g. \\boxed{17+25}, which "
+        "math-verify counts equal to its value. Turn on when the problems are arithmetic a model can restate instead "
+        "of answering (benchmarks/README.md, 'The echo').",
     )
     timeout_seconds: float = Field(
         GRADER_TIMEOUT_SECONDS, gt=0, description="Hard time limit for grading one completion."
@@ -222,7 +222,8 @@ class GRPOSettings(_Section):
         1e-8,
         gt=0,
         description="AdamW's epsilon: a coordinate whose gradient stays well below it moves by ~lr x gradient / epsilon "
-        "instead of a full lr-sized step (Adam rescales even tiny entropy/KL-only gradients to full-size steps).",
+        "instead of a full lr-sized step. Raise it (the tiny demo: 1e-4) when steps driven only by the entropy bonus "
+        "and KL break the answer format (benchmarks/README.md, 'Does the tiny demo learn?').",
     )
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")

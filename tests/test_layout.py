@@ -71,3 +71,18 @@ def test_the_pure_edges_import_only_the_foundation():
     foundation = {m for m, n in code_map().items() if n == 0}
     for module in ("rewards", "history", "collapse", "parity", "templates", "tables", "defaults"):
         assert EDGES[module] <= foundation, (module, EDGES[module] - foundation)
+
+
+def test_each_command_calls_one_entry_point_named_for_it():
+    """cli.py parses and calls one function, `<command>_command`, of our package, per command."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    for function in (node for node in tree.body if isinstance(node, ast.FunctionDef)):
+        decorators = [ast.unparse(d) for d in function.decorator_list]
+        if not any(d.startswith("app.command") for d in decorators):
+            continue
+        ours = {alias.name for node in ast.walk(function) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("lowrank_rlvr.") for alias in node.names}
+        called = {node.func.id for node in ast.walk(function)
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ours}
+        entry_points = {name for name in called if name.endswith("_command")}
+        assert entry_points and called <= entry_points | {"RandomCalculation"}, (function.name, sorted(called))
