@@ -1,4 +1,5 @@
-"""The doctor (`lowrank-rlvr plan --env`): versions, the GPU, the backend `auto` picks, known-bad combinations."""
+"""The doctor (`lowrank-rlvr plan --env`, `env_command`): versions, the GPU, the backend `auto` picks, and the
+combinations known not to work."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ DOCTOR_PACKAGES = (
 )
 
 
-def environment_report() -> str:
+def env_command() -> str:
     """Versions, the GPU, the backend `auto` picks, and warnings about combinations known not to work."""
     import platform
 
