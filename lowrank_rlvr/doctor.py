@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 
+from lowrank_rlvr.plan import GiB
 from lowrank_rlvr.runtime import NvidiaDriver, choose_backend, has_bf16, nvidia_driver
-
-GiB = 1024**3
 
 DOCTOR_PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo", "vllm",

@@ -49,7 +49,7 @@ from lowrank_rlvr.history import history_scores, parse_history, rank_by_score
 from lowrank_rlvr.paper import comparable_average, reference_for_run
 from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
-from lowrank_rlvr.tables import percent
+from lowrank_rlvr.tables import MISSING, figure, percent
 
 SATURATION_THRESHOLD = 0.95  # training accuracy that counts as saturated (`--threshold`)
 TRAILING_WINDOW = 10  # logged steps in a trailing mean: the saturation test and every smoothed curve (`--window`)
@@ -274,7 +274,7 @@ def paper_lines(logs: RunLogs) -> list[tuple[str, float, float]]:
         value = comparable_average(row, names) if row is not None else None
         if value is not None:
             what = "average" if len(names) > 1 else names[0]
-            lines.append((f"{row.label}: {value:.1f}% ({what})", value, alpha))
+            lines.append((f"{row.label}: {figure(value, '%')} ({what})", value, alpha))
     return lines
 
 
@@ -436,7 +436,7 @@ def _rollouts_section(rollouts: list[dict]) -> str:
     latest = rollouts[-1]
 
     def cell(value) -> str:
-        return "-" if not _is_number(value) else f"{value:.3g}"
+        return MISSING if not _is_number(value) else f"{value:.3g}"
 
     rows = "\n".join(
         f"<tr><td>{cell(c.get('reward'))}</td><td>{cell(c.get('advantage'))}</td><td>{c.get('tokens', '-')}</td>"
@@ -509,7 +509,7 @@ def _note_rows(logs: RunLogs, summary: dict) -> list[tuple[str, object]]:
     """The paper's figures for this run, what was not measured or logged, and the warnings training printed."""
     rows: list[tuple[str, object]] = []
     for label, value, _ in paper_lines(logs):
-        rows.append((label.split(":")[0], f"{value:.1f}% (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
+        rows.append((label.split(":")[0], f"{figure(value, '%')} (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
     if summary.get("entropy_not_measured"):
         rows.append(("entropy", f"{ENTROPY_NOT_MEASURED}; the entropy-collapse check was off"))
     for warning in summary["logged_warnings"]:
