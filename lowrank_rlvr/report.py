@@ -1,4 +1,5 @@
-"""Training dynamics of one run: PNG plots and a one-page HTML (`lowrank-rlvr report RUN_DIR`).
+"""Training dynamics of one run: PNG plots and a one-page HTML (`lowrank-rlvr report RUN_DIR`: `report_command`;
+the end of `train`: `build_report`, the same with the default options).
 
 The paper's Fig. 2-style view of *post-saturation generalization* (Wang et al. 2025, arXiv 2504.20571, Sec. 3.2):
 training accuracy on the one example reaches 100% early, while held-out accuracy keeps rising long after. Next to it,
