@@ -253,9 +253,9 @@ def plan(
 ) -> None:
     """Estimate peak GPU memory of a config before downloading anything (exit 3 when it does not fit)."""
     if env:
-        from lowrank_rlvr.doctor import environment_report
+        from lowrank_rlvr.doctor import env_command
 
-        typer.echo(environment_report())
+        typer.echo(env_command())
         return
     from lowrank_rlvr.plan import plan_command
 
@@ -282,9 +282,9 @@ def report(
     window: int = typer.Option(10, "--window", help="Logged steps averaged for the saturation test and smoothing."),
 ) -> None:
     """Plot training vs held-out accuracy, entropy, length and reflection words; write a one-page HTML."""
-    from lowrank_rlvr.report import build_report
+    from lowrank_rlvr.report import ReportOptions, report_command
 
-    html_path, summary = build_report(run_dir, output_dir, threshold=threshold, window=window)
+    html_path, summary = report_command(run_dir, ReportOptions(output_dir, threshold, window))
     saturated = summary["saturation_step"]
     typer.echo(f"saturation step: {saturated if saturated is not None else 'not reached'}; report: {html_path}")
 
@@ -296,9 +296,9 @@ def compare(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default FIRST_RUN/comparison)."),
 ) -> None:
     """Runs side by side: training curves, held-out accuracy (final and best) with differences from the first run."""
-    from lowrank_rlvr.compare import compare_runs
+    from lowrank_rlvr.compare import compare_command
 
-    text, page = compare_runs(runs, output_dir)
+    text, page = compare_command(runs, output_dir)
     typer.echo(f"{text}\n\npage: {page}")
 
 

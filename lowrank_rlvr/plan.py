@@ -5,8 +5,8 @@ shape comes from, in order: a local folder's `config.json`; the built-in table o
 (`KNOWN_MODELS`, offline); the Hub's `config.json` when online. The estimate is a sum of named lines, one per thing
 that holds GPU memory, so the breakdown table always adds up to the total.
 
-The memory model (all formulas live in `phase_lines` and the small `*_bytes` helpers right after it)
-----------------------------------------------------------------------------------------------------
+The memory model (all formulas live in `phase_lines`, the `*_phases` it picks from and the helpers after them)
+------------------------------------------------------------------------------------------------------------
 Sizes are bytes, printed in GiB (what `torch.cuda` and `nvidia-smi` report: a "24 GB" RTX 4090 is 23.99 GiB,
 an L4 22.5, an A10 22.2, a T4 15.0). `--gpu-memory` is in the same unit.
 
@@ -325,11 +325,7 @@ class Plan:
 def plan_inputs(cfg: RunConfig, gpu_gib: float) -> PlanInputs:
     """The memory model's inputs for a config; `auto` is planned as `unsloth`, what it picks on a CUDA machine."""
     g = cfg.grpo
-    targets = cfg.lora.target_modules
-    if targets == "all-linear":
-        modules = ALL_LINEAR_MODULES
-    else:
-        modules = tuple(m for m in targets if m in ALL_LINEAR_MODULES)
+    modules = tuple(m for m in cfg.lora.modules() if m in ALL_LINEAR_MODULES)  # the seven projections counted
     return PlanInputs(
         backend="hf" if cfg.model.backend == "hf" else "unsloth",
         load_in_4bit=cfg.model.load_in_4bit,
@@ -374,62 +370,88 @@ def estimate(shape: ModelShape, inputs: PlanInputs) -> Plan:
 
 
 def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]], list[str], float]:
-    problems: list[str] = []
+    """The lines of every phase, the reasons it cannot run, and how many full sequences the sampler's KV cache holds
+    at once: the lines every backend has, then those of how it samples (Unsloth's vLLM, TRL's vLLM, `generate`)."""
     context = Line("cuda_context", CUDA_CONTEXT_GIB * GiB, "torch CUDA context and library workspaces")
     weights = Line("base_weights", weights_bytes(shape, x.load_in_4bit, x.compute_bytes), _weights_note(x))
     adapter = lora_params(shape, x.lora_rank, x.lora_modules)
     lora_states = Line("lora_states", adapter * 16, f"r={x.lora_rank}: fp32 weights, grads, AdamW m and v")
-    training = training_lines(shape, x)
-    kv_needed = x.num_generations * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
-
+    shared = [context, weights, lora_states, *training_lines(shape, x)]
     if x.backend == "unsloth" and x.fast_inference:
-        utilization = standby_utilization(x.gpu_bytes) if x.vllm_standby else x.gpu_memory_utilization
-        share = utilization * x.gpu_bytes
-        runtime = vllm_runtime_bytes(shape, x, kv_budget=share - weights.bytes)
-        kv_reserved = share - weights.bytes - runtime
-        kv_note = _kv_note(kv_reserved, kv_needed, utilization, x.num_generations)
-        kv = Line("vllm_kv_cache", max(kv_reserved, kv_needed), kv_note)
-        vllm = [weights, Line("vllm_runtime", runtime, "activations, sampler, LoRA slots, CUDA graphs"), kv]
-        if kv_reserved < kv_needed:
-            need = (weights.bytes + runtime + kv_needed) / x.gpu_bytes
-            problems.append(
-                f"vLLM's share ({utilization:.2f} x GPU) leaves {max(kv_reserved, 0) / GiB:.2f} GiB for the KV cache; "
-                f"one group of {x.num_generations} rollouts needs {kv_needed / GiB:.2f} GiB "
-                f"(gpu_memory_utilization >= {math.ceil(need * 100) / 100:.2f})"
-            )
-        kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
-        if not x.vllm_standby:
-            return {"train + sample": [context, *vllm, lora_states, *training]}, problems, kv_sequences
-        phases = {
-            "sample (standby)": [context, *vllm, lora_states],
-            "train (standby)": [
-                context, weights, Line("vllm_runtime", runtime, "kept while vLLM sleeps"), lora_states, *training
-            ],
-        }
-        return phases, problems, kv_sequences
+        return unsloth_vllm_phases(shape, x, shared)
+    if x.samples_with_vllm:
+        return trl_vllm_phases(shape, x, shared)
+    return generate_phases(shape, x, shared)
 
-    if x.samples_with_vllm:  # hf backend: TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it
-        share = x.gpu_memory_utilization * x.gpu_bytes
-        vllm_weights = weights_bytes(shape, False, 2)
-        runtime = vllm_runtime_bytes(shape, x, kv_budget=share - vllm_weights)
-        kv_reserved = share - vllm_weights - runtime
-        if kv_reserved < kv_needed:
-            problems.append(
-                f"TRL's vLLM share ({x.gpu_memory_utilization:.2f} x GPU) cannot hold its 16-bit weights and one group "
-                f"of {x.num_generations} rollouts ({(vllm_weights + runtime + kv_needed) / GiB:.2f} GiB)"
-            )
-        vllm = [
-            Line("vllm_weights", vllm_weights, "TRL's vLLM loads its own 16-bit copy"),
-            Line("vllm_runtime", runtime, "activations, sampler, CUDA graphs"),
-            Line(
-                "vllm_kv_cache",
-                max(kv_reserved, kv_needed),
-                _kv_note(kv_reserved, kv_needed, x.gpu_memory_utilization, x.num_generations),
-            ),
-        ]
-        kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
-        return {"train + sample": [context, *vllm, weights, lora_states, *training]}, problems, kv_sequences
 
+def unsloth_vllm_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """Unsloth's colocated vLLM: one copy of the weights, shared with training, inside vLLM's share; with standby,
+    a sampling phase and a training phase (vLLM's KV cache freed)."""
+    context, weights, lora_states, *training = shared
+    problems: list[str] = []
+    kv_needed = _group_kv_bytes(shape, x)
+    utilization = standby_utilization(x.gpu_bytes) if x.vllm_standby else x.gpu_memory_utilization
+    share = utilization * x.gpu_bytes
+    runtime = vllm_runtime_bytes(shape, x, kv_budget=share - weights.bytes)
+    kv_reserved = share - weights.bytes - runtime
+    kv_note = _kv_note(kv_reserved, kv_needed, utilization, x.num_generations)
+    kv = Line("vllm_kv_cache", max(kv_reserved, kv_needed), kv_note)
+    vllm = [weights, Line("vllm_runtime", runtime, "activations, sampler, LoRA slots, CUDA graphs"), kv]
+    if kv_reserved < kv_needed:
+        need = (weights.bytes + runtime + kv_needed) / x.gpu_bytes
+        problems.append(
+            f"vLLM's share ({utilization:.2f} x GPU) leaves {max(kv_reserved, 0) / GiB:.2f} GiB for the KV cache; "
+            f"one group of {x.num_generations} rollouts needs {kv_needed / GiB:.2f} GiB "
+            f"(gpu_memory_utilization >= {math.ceil(need * 100) / 100:.2f})"
+        )
+    kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
+    if not x.vllm_standby:
+        return {"train + sample": [context, *vllm, lora_states, *training]}, problems, kv_sequences
+    phases = {
+        "sample (standby)": [context, *vllm, lora_states],
+        "train (standby)": [
+            context, weights, Line("vllm_runtime", runtime, "kept while vLLM sleeps"), lora_states, *training
+        ],
+    }
+    return phases, problems, kv_sequences
+
+
+def trl_vllm_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """hf backend with TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it."""
+    context, weights, lora_states, *training = shared
+    problems: list[str] = []
+    kv_needed = _group_kv_bytes(shape, x)
+    share = x.gpu_memory_utilization * x.gpu_bytes
+    vllm_weights = weights_bytes(shape, False, 2)
+    runtime = vllm_runtime_bytes(shape, x, kv_budget=share - vllm_weights)
+    kv_reserved = share - vllm_weights - runtime
+    if kv_reserved < kv_needed:
+        problems.append(
+            f"TRL's vLLM share ({x.gpu_memory_utilization:.2f} x GPU) cannot hold its 16-bit weights and one group "
+            f"of {x.num_generations} rollouts ({(vllm_weights + runtime + kv_needed) / GiB:.2f} GiB)"
+        )
+    vllm = [
+        Line("vllm_weights", vllm_weights, "TRL's vLLM loads its own 16-bit copy"),
+        Line("vllm_runtime", runtime, "activations, sampler, CUDA graphs"),
+        Line(
+            "vllm_kv_cache",
+            max(kv_reserved, kv_needed),
+            _kv_note(kv_reserved, kv_needed, x.gpu_memory_utilization, x.num_generations),
+        ),
+    ]
+    kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
+    return {"train + sample": [context, *vllm, weights, lora_states, *training]}, problems, kv_sequences
+
+
+def generate_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """Sampling with transformers `generate`: a KV cache for the whole generation batch, then the training phase."""
+    context, weights, lora_states, *training = shared
     generation_kv = x.generation_batch * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
     sample = [
         context,
@@ -438,7 +460,12 @@ def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]]
         Line("generate_kv_cache", generation_kv, f"transformers generate: {x.generation_batch} sequences at once"),
         Line("generate_logits", x.generation_batch * shape.vocab_size * 4, "last-token fp32 logits"),
     ]
-    return {"sample": sample, "train": [context, weights, lora_states, *training]}, problems, float(x.generation_batch)
+    return {"sample": sample, "train": [context, weights, lora_states, *training]}, [], float(x.generation_batch)
+
+
+def _group_kv_bytes(shape: ModelShape, x: PlanInputs) -> float:
+    """KV cache of one GRPO group: `num_generations` sequences of prompt + completion, at once."""
+    return x.num_generations * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
 
 
 def training_lines(shape: ModelShape, x: PlanInputs) -> list[Line]:
