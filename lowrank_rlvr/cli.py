@@ -185,7 +185,10 @@ def merge(
     """Merge an adapter into a 16/32-bit base and export it (optionally to the Hugging Face Hub)."""
     from lowrank_rlvr.merge import MergeOptions, merge_command
 
-    options = MergeOptions(adapter_dir, output, base, dtype, overwrite, push_to_hub, private, gguf)
+    options = MergeOptions(
+        adapter_dir, output, base=base, dtype=dtype, overwrite=overwrite, push_to_hub=push_to_hub, private=private,
+        gguf=gguf,
+    )
     metrics = merge_command(options)
     typer.echo(
         f"merged {adapter_dir} into {metrics['base']} ({metrics['dtype']}) -> {output} "
