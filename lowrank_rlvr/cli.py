@@ -181,9 +181,13 @@ def merge(
     gguf: Optional[str] = typer.Option(None, "--gguf", help="Also write GGUF with this quantization (Unsloth), e.g. q4_k_m."),
 ) -> None:
     """Merge an adapter into a 16/32-bit base and export it (optionally to the Hugging Face Hub)."""
-    from lowrank_rlvr.merge import export
+    from lowrank_rlvr.merge import MergeOptions, merge_command
 
-    metrics = export(adapter_dir, output, base, dtype, overwrite, push_to_hub, private, gguf)
+    options = MergeOptions(
+        adapter_dir, output, base=base, dtype=dtype, overwrite=overwrite, push_to_hub=push_to_hub, private=private,
+        gguf=gguf,
+    )
+    metrics = merge_command(options)
     typer.echo(
         f"merged {adapter_dir} into {metrics['base']} ({metrics['dtype']}) -> {output} "
         f"({metrics['size_bytes'] / 1e6:.1f} MB, logits match base+adapter to {metrics['logits_max_rel_diff']:.1e})"
@@ -217,13 +221,13 @@ def select(
     max_new_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-new-tokens", help="--estimate: tokens per rollout."),
 ) -> None:
     """Rank pool examples by historical variance score and write the chosen one(s)."""
-    from lowrank_rlvr.select import describe, run_select
+    from lowrank_rlvr.select import SelectOptions, select_command
 
-    selected, metrics = run_select(
+    options = SelectOptions(
         history, pool, output, top=top, rank=rank, method=method, repeat=repeat, seed=seed, estimate=estimate,
         samples=samples, limit=limit, template=template, temperature=temperature, max_new_tokens=max_new_tokens,
     )
-    typer.echo(describe(selected, metrics))
+    typer.echo(select_command(options)["summary"])
 
 
 @app.command()

@@ -17,11 +17,14 @@ MISSING = "-"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> str:
-    """A markdown table: the first `left` columns aligned left (names), the others right (numbers)."""
+    """A markdown table: the first `left` columns aligned left (names), the others right (numbers); an empty cell is
+    one space wide (`| **average** | 45.1 | | |`)."""
     rule = "|" + "".join("---|" if column < left else "---:|" for column in range(len(header)))
-    lines = ["| " + " | ".join(header) + " |", rule]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join([_row(header), rule, *(_row(row) for row in rows)])
+
+
+def _row(cells: Sequence[object]) -> str:
+    return "|" + "".join(f" {cell} |" if str(cell) else " |" for cell in cells)
 
 
 def percent(fraction: float | None, suffix: str = "") -> str:

@@ -294,7 +294,7 @@ def test_model_card_names_a_hub_base_and_inherits_its_license():
     from huggingface_hub import ModelCard
 
     card = ModelCard(
-        __import__("lowrank_rlvr.merge", fromlist=["model_card"]).model_card(
+        __import__("lowrank_rlvr.card", fromlist=["model_card"]).model_card(
             base_name="Qwen/Qwen2.5-Math-1.5B", dtype="bf16", model_id="me/qwen-pi1", license="apache-2.0"
         )
     )
