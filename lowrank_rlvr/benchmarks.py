@@ -90,6 +90,18 @@ def parse_benchmarks(names: str | Iterable[str] | None) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def paper_benchmarks(names: Iterable[str]) -> list[str]:
+    """The names among `names` that count in the average: the paper's six, not the generated ones."""
+    return [name for name in names if name in BENCHMARKS]
+
+
+def average_accuracy(accuracies: dict[str, float]) -> float | None:
+    """The mean accuracy (benchmark name -> accuracy) over the paper's benchmarks evaluated; generated ones are
+    reported beside it, never in it. None when only generated benchmarks were evaluated."""
+    values = [accuracies[name] for name in paper_benchmarks(accuracies)]
+    return sum(values) / len(values) if values else None
+
+
 def paper_file(name: str) -> Path:
     """Where the paper's file of benchmark `name` is read from: shipped, or (AIME24, AIME25, AMC23) fetched."""
     if name in FETCHED:

@@ -289,16 +289,16 @@ def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
 
 def test_answers_that_restate_their_question_are_counted_and_noted():
     from lowrank_rlvr.benchmarks import Problem
-    from lowrank_rlvr.evaluate import markdown_table, summarize
+    from lowrank_rlvr.evaluate import benchmark_result, report_table
 
     problems = [Problem(id="a", problem="What is 18+46?", answer="64"), Problem(id="b", problem="What is 2+2?", answer="4")]
     records = [
         {"id": "a", "reward": 1.0, "num_tokens": 5, "truncated": False, "timed_out": False, "restates_question": True},
         {"id": "b", "reward": 1.0, "num_tokens": 5, "truncated": False, "timed_out": False, "restates_question": False},
     ]
-    result = summarize("math500", problems, records, protocol_sampling("math500"))
+    result = benchmark_result(problems, records, protocol_sampling("math500"))
     assert result["restated_question"] == 1 and result["accuracy"] == 1.0  # math-verify's verdict is kept
-    table = markdown_table({"benchmarks": {"math500": result}, "average": 1.0})
+    table = report_table({"benchmarks": {"math500": result}, "average": 1.0})
     assert "note: 1 answer(s) restate their question" in table
     result["restated_question"] = 0
-    assert "note:" not in markdown_table({"benchmarks": {"math500": result}, "average": 1.0})
+    assert "note:" not in report_table({"benchmarks": {"math500": result}, "average": 1.0})
