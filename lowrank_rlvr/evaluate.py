@@ -20,6 +20,10 @@ whose responses are already in the jsonl, made with the same settings, are not g
 
 The checkpoint sweep (`eval --run RUN`) loads the base once and switches adapters, and evaluates only checkpoints
 that were completely written.
+
+Reading order: `EvalOptions` (the flags, checked once) -> `eval_command` -> `run_eval` (one model) or `run_sweep` (a
+run's checkpoints) -> `load_suite` -> `evaluate_suite` (resume, generate and grade by chunk, write the report) -> the
+printed tables (`report_table`, `step_table`).
 """
 
 from __future__ import annotations
@@ -35,9 +39,8 @@ from lowrank_rlvr.benchmarks import (
     GENERATED_BENCHMARKS, Problem, average_accuracy, benchmark_source, load_benchmark, paper_benchmarks,
     parse_benchmarks,
 )
-from lowrank_rlvr.defaults import (
-    GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE,
-)
+from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL, resolve_model_path
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_jsonl, writable_dir, writable_file
 from lowrank_rlvr.generation import Completion, Sampling, check_sampler_name, choose_sampler, open_generator
@@ -49,7 +52,7 @@ from lowrank_rlvr.runs import EVAL_REPORT, RunFolder
 from lowrank_rlvr.tables import figure, markdown_table, percent
 from lowrank_rlvr.templates import DEFAULT_TEMPLATE, render_prompt
 
-GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "random_calculation")
+GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", *GENERATED_BENCHMARKS)
 SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
 
 
@@ -107,7 +110,7 @@ class EvalOptions:
         if self.run is not None and (self.adapter is not None or self.output is not None):
             raise UserError("--run evaluates every checkpoint of the run: drop --adapter and --output")
         if self.run is None and self.model is None:
-            raise UserError("give MODEL (a Hub id, a folder, builtin:tiny-qwen2 or builtin:smollm2-135m), or --run RUN")
+            raise UserError(f"give MODEL (a Hub id, a folder, {TINY_MODEL} or {SMOLLM2_MODEL}), or --run RUN")
         check_sampler_name(self.backend)
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be >= 1 (got {self.limit})")
@@ -206,8 +209,6 @@ def _sweep_steps(run: RunFolder, cfg: Any) -> list[tuple[int, Path]]:
 
 def _open_model(options: EvalOptions, sampler: str, adapters: list[Adapter]) -> Any:
     """The generator for `options.model`, whose files are checked first (a missing or damaged model: one line)."""
-    from lowrank_rlvr.builtin import resolve_model_path
-
     model_path = resolve_model_path(options.model)
     check_model(model_path, "model", shown=options.model)
     return open_generator(sampler, model_path, adapters, options.seed, options.batch_size)
@@ -219,8 +220,7 @@ def load_suite(options: EvalOptions) -> list[LoadedBenchmark]:
     for name in options.benchmark_names():
         if name in GENERATED_BENCHMARKS:  # made here from a seed (--calculation-seed, --difficulty), not read
             calculation = options.random_calculation()
-            problems = calculation.problems()
-            source = f"generated: seed {calculation.seed}, difficulty {calculation.difficulty}"
+            problems, source = calculation.problems(), calculation.source
         else:
             problems = load_benchmark(name, options.data_dir, options.hub)
             source = benchmark_source(name, options.data_dir, options.hub)
