@@ -71,7 +71,7 @@ class RandomCalculation:
 
     @property
     def source(self) -> str:
-        """What `eval` records as these problems' source (where a benchmark's names its file)."""
+        """What `eval` records as these problems' source, where a benchmark read from a file records the file."""
         return f"generated: seed {self.seed}, difficulty {self.difficulty}"
 
     def problems(self) -> list[Problem]:
