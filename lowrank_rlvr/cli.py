@@ -158,14 +158,14 @@ def evaluate(
     calculation_seed: int = typer.Option(DEFAULT_SEED, "--calculation-seed", help=f"random_calculation: the seed its {DEFAULT_COUNT} problems are generated from."),
 ) -> None:
     """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench (and random_calculation)."""
-    from lowrank_rlvr.evaluate import run_eval_command
-    from lowrank_rlvr.random_calculation import RandomCalculation
+    from lowrank_rlvr.evaluate import EvalOptions, eval_command
 
-    calculation = RandomCalculation(seed=calculation_seed, difficulty=difficulty)
-    typer.echo(run_eval_command(
-        model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-        output, seed, batch_size, grader_workers, grader_timeout, hub, calculation,
-    ))
+    typer.echo(eval_command(EvalOptions(
+        model=model, adapter=adapter, run=run, benchmarks=benchmarks, data_dir=data_dir, hub=hub, limit=limit,
+        samples=samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens, template=template,
+        backend=backend, output=output, seed=seed, batch_size=batch_size, grader_workers=grader_workers,
+        grader_timeout=grader_timeout, difficulty=difficulty, calculation_seed=calculation_seed,
+    )))
 
 
 @app.command()
@@ -240,9 +240,9 @@ def grade(
     kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
 ) -> None:
     """Grade a JSONL of responses against answers with the training reward."""
-    from lowrank_rlvr.grade import grade_file
+    from lowrank_rlvr.grade import grade_command
 
-    typer.echo(grade_file(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind)["summary"])
+    typer.echo(grade_command(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind))
 
 
 @app.command()

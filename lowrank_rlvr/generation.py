@@ -1,9 +1,10 @@
 """Text generation for evaluation and for `select --estimate`: vLLM (fast path) or transformers `generate`.
 
-One interface: `open_generator(backend, model_path, adapter_dirs, seed, batch_size)` returns an object with
-`.generate(prompts, sampling, adapter_dir, seed) -> [[Completion per sample] per prompt]`, `.tokenizer`,
-`.chunk_size`, `.backend` and `.dtype`. Both backends load the base once and switch adapters per call (vLLM: one
-`LoRARequest` per adapter, no merge; transformers: peft adapters by name).
+One interface: `open_generator(sampler, model_path, adapters, seed, batch_size)`, given the sampler that
+`choose_sampler` picked (once per command), returns an object with `.generate(prompts, sampling, adapter_dir, seed)
+-> [[Completion per sample] per prompt]`, `.tokenizer`, `.chunk_size`, `.backend` and `.dtype`. Both backends load
+the base once and switch adapters per call (vLLM: one `LoRARequest` per adapter, no merge; transformers: peft adapters
+by name).
 
 One dtype rule for both backends: the dtype the checkpoint's weights are stored in (`config.json`), so vLLM and
 transformers generate the same greedy tokens; except bf16 on a GPU without it (compute capability < 8.0, a T4), which
@@ -25,7 +26,6 @@ from lowrank_rlvr.pretrained import context_length, eos_ids, load_tokenizer, sto
 from lowrank_rlvr.runtime import cuda_available, cuda_capability, generation_dtype
 
 
-
 @dataclass(frozen=True)
 class Sampling:
     num_samples: int
@@ -45,6 +45,13 @@ class Completion:
 SAMPLERS = ("auto", "vllm", "hf")
 
 
+def check_sampler_name(requested: str) -> str:
+    """`requested` if it is one of SAMPLERS (`--backend`), else UserError naming the choices."""
+    if requested not in SAMPLERS:
+        raise UserError(f"unknown backend {requested!r} (choose {', '.join(SAMPLERS)})")
+    return requested
+
+
 def choose_sampler(requested: str, adapters: list[Adapter]) -> str:
     """'auto' -> 'vllm' when the package is importable and can serve every adapter, else 'hf'.
 
@@ -53,8 +60,7 @@ def choose_sampler(requested: str, adapters: list[Adapter]) -> str:
     """
     import importlib.util
 
-    if requested not in SAMPLERS:
-        raise UserError(f"unknown backend {requested!r} (choose {', '.join(SAMPLERS)})")
+    check_sampler_name(requested)
     unservable = [adapter for adapter in adapters if adapter.vllm_unsupported]
     if requested == "auto":
         return "vllm" if importlib.util.find_spec("vllm") is not None and not unservable else "hf"
@@ -71,8 +77,10 @@ def open_generator(sampler: str, model_path: str, adapters: list[Adapter], seed:
     """The generation backend `choose_sampler` picked: `VLLMGenerator` (fast path) or `HFGenerator` (transformers
     generate: CPU, fallback)."""
     if sampler == "vllm":
-        try:
-            import vllm  # noqa: F401  (fail here with one line, not deep inside VLLMGenerator)
+        import importlib
+
+        try:  # fail here with one line, not deep inside VLLMGenerator
+            importlib.import_module("vllm")
         except ImportError:
             raise UserError("backend 'vllm' needs the vllm package (CUDA: pip install -e '.[gpu]'; "
                             "CPU: make test-vllm builds .venv-vllm), or use --backend hf") from None
