@@ -120,6 +120,7 @@ def _data_lines(data: Any) -> list[str]:
 def eval_table(report: dict, eval_by_step: dict | None = None, paper: Any = None) -> list[str]:
     """Markdown table of an eval report (accuracy as a fraction 0..1, shown in %); a 'base' column when the sweep
     in eval_by_step.jsonl holds step 0; a column of the paper's figures when `paper` (a PaperRow, in %) is given."""
+    from lowrank_rlvr.benchmarks import paper_benchmarks
     from lowrank_rlvr.paper import SOURCE, comparable_average
 
     base_row = (eval_by_step or {}).get(0)
@@ -142,7 +143,7 @@ def eval_table(report: dict, eval_by_step: dict | None = None, paper: Any = None
         rows.append([name, *cells, result.get("num_problems", ""), result.get("num_samples", "")])
     if report.get("average") is not None:
         base = base_row.get("average") if base_scores else None
-        theirs = comparable_average(paper, list(benchmarks)) if paper is not None else None
+        theirs = comparable_average(paper, paper_benchmarks(benchmarks)) if paper is not None else None
         rows.append(["**average**", *accuracies(base, report["average"], theirs), "", ""])
     lines = markdown_table([*header, "problems", "samples per problem"], rows).splitlines()
     if paper is not None:

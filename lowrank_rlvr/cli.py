@@ -27,10 +27,15 @@ from typer.core import TyperGroup
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer._click.globals import get_current_context
 
-from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, SAMPLED_COUNT
+from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL
+from lowrank_rlvr.defaults import (
+    GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE, SATURATION_THRESHOLD,
+    TRAILING_WINDOW,
+)
 from lowrank_rlvr.errors import UserError, input_error
-from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
-from lowrank_rlvr.templates import DEFAULT_TEMPLATE
+from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED, MAX_DIFFICULTY
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 
 @contextlib.contextmanager
@@ -136,25 +141,25 @@ def train(
 @app.command(name="eval")
 @_fail_cleanly
 def evaluate(
-    model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder, builtin:tiny-qwen2 or builtin:smollm2-135m (optional with --run)."),
+    model: Optional[str] = typer.Argument(None, help=f"Base model: Hub id, local folder, {TINY_MODEL} or {SMOLLM2_MODEL} (optional with --run)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
-    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: these six), and/or random_calculation (generated from a seed, reported beside the six, not in their average)."),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help=f"Comma-separated subset of {','.join(BENCHMARKS)} (default: these six), and/or {','.join(GENERATED_BENCHMARKS)} (generated from a seed, reported beside the six, not in their average)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: the paper's files, shipped; AIME24/25 and AMC23 fetched once, see data/NOTICE.md)."),
     hub: bool = typer.Option(False, "--hub", help="Download the benchmarks from the Hugging Face Hub instead (not byte for byte the paper's files)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help=f"Responses per problem (default: 1 greedy; {SAMPLED_COUNT} for AIME24/25, AMC23)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help=f"Sampling temperature for all benchmarks (default: 0 greedy; {PAPER_TEMPERATURE} for AIME24/25, AMC23)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", callback=_finite, help="Nucleus sampling (default 1.0)."),
     max_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-tokens", help="Maximum new tokens per response."),
-    template: Optional[str] = typer.Option(None, "--template", help="qwen-math-cot (default; with --run: the run's), chat or plain."),
+    template: Optional[str] = typer.Option(None, "--template", help=f"{', '.join(TEMPLATES)} (default {DEFAULT_TEMPLATE}; with --run: the run's)."),
     backend: str = typer.Option("auto", "--backend", help="vllm, hf (transformers generate) or auto (vllm when installed)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report JSON (responses go to the .jsonl beside it). Default: RUN/eval_report.json for a run's adapter, else ./eval_report.json."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
     grader_workers: int = typer.Option(GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
     grader_timeout: float = typer.Option(GRADER_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
-    difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help="random_calculation: arithmetic operations per problem (1-12)."),
+    difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help=f"random_calculation: arithmetic operations per problem (1-{MAX_DIFFICULTY})."),
     calculation_seed: int = typer.Option(DEFAULT_SEED, "--calculation-seed", help=f"random_calculation: the seed its {DEFAULT_COUNT} problems are generated from."),
 ) -> None:
     """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench (and random_calculation)."""
@@ -216,7 +221,7 @@ def select(
     ),
     samples: int = typer.Option(8, "--samples", help="--estimate: rollouts per pool example."),
     limit: Optional[int] = typer.Option(None, "--limit", help="--estimate: only the first N pool examples."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="--estimate: qwen-math-cot, chat or plain."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help=f"--estimate: {', '.join(TEMPLATES)}."),
     temperature: float = typer.Option(PAPER_TEMPERATURE, "--temperature", callback=_finite, help="--estimate: sampling temperature."),
     max_new_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-new-tokens", help="--estimate: tokens per rollout."),
 ) -> None:
@@ -282,8 +287,8 @@ def configs() -> None:
 def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by `lowrank-rlvr train` (metrics.jsonl, ...)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default RUN_DIR/report)."),
-    threshold: float = typer.Option(0.95, "--threshold", callback=_finite, help="Training accuracy that counts as saturated."),
-    window: int = typer.Option(10, "--window", help="Logged steps averaged for the saturation test and smoothing."),
+    threshold: float = typer.Option(SATURATION_THRESHOLD, "--threshold", callback=_finite, help="Training accuracy that counts as saturated."),
+    window: int = typer.Option(TRAILING_WINDOW, "--window", help="Logged steps averaged for the saturation test and smoothing."),
 ) -> None:
     """Plot training vs held-out accuracy, entropy, length and reflection words; write a one-page HTML."""
     from lowrank_rlvr.report import ReportOptions, report_command

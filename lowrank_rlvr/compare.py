@@ -35,13 +35,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, paper_benchmarks
+from lowrank_rlvr.defaults import TRAILING_WINDOW
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import atomic_output, writable_dir
 from lowrank_rlvr.paper import SOURCE, reference_cells, reference_for_run
 from lowrank_rlvr.pretrained import model_key
 from lowrank_rlvr.report import (
-    TRAILING_WINDOW, RunLogs, html_figures, html_page, new_figure, read_run, save_figure, series, trailing_mean,
+    RunLogs, html_figures, html_page, new_figure, read_run, save_figure, series, trailing_mean,
 )
 from lowrank_rlvr.runs import RunFolder
 from lowrank_rlvr.tables import MISSING, markdown_table, percent
@@ -59,8 +60,7 @@ class HeldOut:
 
     def counted(self) -> list[str]:
         """The benchmarks an average is taken over: the paper's ones, or the generated ones when there are none."""
-        paper = [name for name in self.accuracy if name not in GENERATED_BENCHMARKS]
-        return paper or list(self.accuracy)
+        return paper_benchmarks(self.accuracy) or list(self.accuracy)
 
     @property
     def average(self) -> float:
@@ -201,7 +201,7 @@ def _cell(value: float | None, error: float | None, treatment: tuple[float | Non
 def held_out_table(runs: list[ComparedRun], which: str) -> str:
     """Markdown: one row per run at its `which` ('final' or 'best') checkpoint, differences from the first run."""
     names = benchmark_names(runs)
-    counted = [n for n in names if n not in GENERATED_BENCHMARKS] or names
+    counted = paper_benchmarks(names) or names
     header = ["run", "reward", "step", *names, f"average ({', '.join(counted)})" if len(counted) < 6 else "average"]
     rows = []
     base = runs[0].base

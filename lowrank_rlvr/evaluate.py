@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 from lowrank_rlvr.adapters import Adapter, read_adapter
 from lowrank_rlvr.benchmarks import (
-    GENERATED_BENCHMARKS, Problem, average_accuracy, benchmark_source, load_benchmark, paper_benchmarks,
+    GENERATED_BENCHMARKS, GREEDY_BENCHMARKS, SAMPLED_COUNT, Problem, average_accuracy, benchmark_source, load_benchmark, paper_benchmarks,
     parse_benchmarks,
 )
 from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL, resolve_model_path
@@ -45,15 +45,13 @@ from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_jsonl, writable_dir, writable_file
 from lowrank_rlvr.generation import Completion, Sampling, check_sampler_name, choose_sampler, open_generator
 from lowrank_rlvr.grading import Grader
-from lowrank_rlvr.paper import SOURCE, PaperRow, comparable_average, reference, reference_for_run
+from lowrank_rlvr.paper import SOURCE, PaperRow, comparable_average, reference, reference_cells, reference_for_run
 from lowrank_rlvr.random_calculation import DEFAULT_DIFFICULTY, DEFAULT_SEED, RandomCalculation
 from lowrank_rlvr.rewards import GradeResult, restates_question
 from lowrank_rlvr.runs import EVAL_REPORT, RunFolder
-from lowrank_rlvr.tables import figure, markdown_table, percent
+from lowrank_rlvr.tables import markdown_table, percent
 from lowrank_rlvr.templates import DEFAULT_TEMPLATE, render_prompt
 
-GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", *GENERATED_BENCHMARKS)
-SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
 
 
 def protocol_sampling(
@@ -438,7 +436,7 @@ def _accuracy_table(report: dict, paper: PaperRow | None) -> str:
     if paper is None:
         rows = [[name, accuracy, *count] for name, accuracy, count in zip(results, ours, counts)]
         return markdown_table(["benchmark", "accuracy", "problems", "samples"], [*rows, [*average, "", ""]])
-    *theirs, their_average = _paper_cells(paper, list(results))
+    *theirs, their_average = reference_cells(paper, list(results))
     rows = [[name, accuracy, cell, *count] for name, accuracy, cell, count in zip(results, ours, theirs, counts)]
     return markdown_table(["benchmark", "accuracy", paper.label, "problems", "samples"],
                           [*rows, [*average, their_average, "", ""]])
@@ -447,7 +445,7 @@ def _accuracy_table(report: dict, paper: PaperRow | None) -> str:
 def _paper_note(report: dict, paper: PaperRow | None) -> str:
     if paper is None:
         return ""
-    subset = ("" if _paper_average(paper, list(report["benchmarks"])) == paper.average
+    subset = ("" if comparable_average(paper, paper_benchmarks(report["benchmarks"])) == paper.average
               else "; its average here is its mean over the benchmarks evaluated")
     return f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)"
 
@@ -465,7 +463,7 @@ def step_table(lines: list[dict], run_config: dict | None, model: str | None) ->
     for step in (0, None):
         paper = reference_for_run(run_config, model=model, step=step)
         if paper is not None:
-            rows.append([paper.label, *_paper_cells(paper, names)])
+            rows.append([paper.label, *reference_cells(paper, names)])
     return markdown_table(["step", *names, "average"], rows, left=0)
 
 
@@ -475,14 +473,3 @@ def _paper_reference(model: str, adapter: Path | None) -> PaperRow | None:
     if adapter is None:
         return reference(model, "base")  # the paper's step 0
     return reference_for_run(RunFolder(Path(adapter).expanduser().resolve().parent).config_data(), model=model)
-
-
-def _paper_cells(paper: PaperRow, names: list[str]) -> list[str]:
-    """The paper's figure per benchmark of `names` ('-' where it has none), then its average over those of them
-    that count."""
-    return [figure(paper.benchmarks.get(name)) for name in names] + [figure(_paper_average(paper, names))]
-
-
-def _paper_average(paper: PaperRow, names: list[str]) -> float | None:
-    counted = paper_benchmarks(names)
-    return comparable_average(paper, counted) if counted else None

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
+from lowrank_rlvr.benchmarks import BENCHMARKS, paper_benchmarks
 from lowrank_rlvr.pretrained import model_key
 from lowrank_rlvr.tables import figure, markdown_table
 
@@ -184,8 +184,7 @@ def reference_cells(row: PaperRow, names: list[str], averaged: list[str] | None 
         >>> reference_cells(reference("Qwen/Qwen2.5-Math-1.5B", "pi_1"), ["math500", "random_calculation"])
         ['72.8', '-', '72.8']
     """
-    if averaged is None:
-        averaged = [name for name in names if name not in GENERATED_BENCHMARKS]
+    averaged = paper_benchmarks(names) if averaged is None else averaged
     return [figure(row.benchmarks.get(name)) for name in names] + [figure(comparable_average(row, averaged))]
 
 

@@ -43,7 +43,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, average_accuracy, paper_benchmarks
+from lowrank_rlvr.defaults import SATURATION_THRESHOLD, TRAILING_WINDOW
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import writable_dir
 from lowrank_rlvr.history import history_scores, parse_history, rank_by_score
@@ -52,8 +53,6 @@ from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
 from lowrank_rlvr.tables import MISSING, figure, percent
 
-SATURATION_THRESHOLD = 0.95  # training accuracy that counts as saturated (`--threshold`)
-TRAILING_WINDOW = 10  # logged steps in a trailing mean: the saturation test and every smoothed curve (`--window`)
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
     "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
     "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
@@ -110,8 +109,7 @@ def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
         benchmarks = {name: v / scale for name, v in row["benchmarks"].items() if _is_number(v)}
         average = row.get("average")
         if not _is_number(average):  # the paper's benchmarks only: a generated one is never in the average
-            counted = [v for name, v in benchmarks.items() if name not in GENERATED_BENCHMARKS]
-            average = sum(counted) / len(counted) if counted else None
+            average = average_accuracy(benchmarks)
         else:
             average = average / scale
         normalised.append({"step": row["step"], "benchmarks": benchmarks, "average": average})
@@ -242,7 +240,7 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
                 ax.plot([s for s, _ in points], [100 * v for _, v in points], linewidth=0.9, linestyle=":", marker=".",
                         color=BENCHMARK_COLORS[number % len(BENCHMARK_COLORS)], alpha=0.8, label=name)
         points = [(row["step"], row["average"]) for row in evals if row["average"] is not None]
-        counted = [name for name in names if name not in GENERATED_BENCHMARKS]  # what `average` is the mean of
+        counted = paper_benchmarks(names)  # what `average` is the mean of
         label = "held-out average" if len(counted) > 1 else f"held-out ({counted[0]})" if counted else "held-out"
         ax.plot([s for s, _ in points], [100 * v for _, v in points], color=HELD_OUT_COLOR, linewidth=2.2,
                 marker="o", markersize=4, label=label)
