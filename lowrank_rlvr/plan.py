@@ -58,8 +58,8 @@ weights inside its share, next to the training model.
 
 Not counted: the reference model (with LoRA, `beta > 0` is the base with the adapter switched off: no extra weights;
 its no-grad scoring pass peaks below the training backward), optimizer step temporaries, and Unsloth's dynamic
-4-bit quantization keeping a few layers in 16 bit. The constants are first guesses, to be checked against GPU
-measurements (a separate issue); change them here, in one place.
+4-bit quantization keeping a few layers in 16 bit. The constants are first guesses, not yet checked against a GPU
+measurement (`benchmarks/README.md` says what has been measured); change them here, in one place.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from lowrank_rlvr.pretrained import model_key
 
 GiB = 1024**3
 
-# Assumptions of the memory model (see the module docstring); a GPU measurement issue will calibrate them.
+# Assumptions of the memory model (see the module docstring), to be calibrated by scripts/bench_gpu.py.
 CUDA_CONTEXT_GIB = 0.6  # torch's CUDA context, cuBLAS/cuDNN handles and workspaces
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # bitsandbytes NF4, blocksize 64, double-quantized absmax: 4.127 bits
 VLLM_FIXED_GIB = 0.13 + 0.3  # non-torch forward memory (Unsloth's table, vllm_utils.py:4789) + CUDA graphs

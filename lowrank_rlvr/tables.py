@@ -1,5 +1,5 @@
 """The one way a table and a percentage are written (pure): markdown tables for the terminal, the model card, the
-reports; accuracies as percent with one decimal, '-' where there is no number.
+reports; accuracies as percent with one decimal, '-' where there is no number (`number`: what counts as none).
 
 Example:
     >>> print(markdown_table(["benchmark", "accuracy"], [["math500", percent(0.728)]]))
@@ -37,3 +37,11 @@ def percent(fraction: float | None, suffix: str = "") -> str:
 def figure(value: float | None, suffix: str = "") -> str:
     """A number already in percent (the paper's figures): 72.8 -> '72.8'; '-' for None."""
     return MISSING if value is None else f"{value:.1f}{suffix}"
+
+
+def number(value: object) -> float | None:
+    """A logged value as a float; None where there is none (None, NaN, a bool): metrics.jsonl's missing values."""
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
