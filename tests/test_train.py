@@ -146,7 +146,7 @@ def test_unsloth_backend_without_cuda_is_one_line_and_exit_2(cli, tmp_path):
 
 
 def test_auto_backend_is_hf_without_cuda():
-    from lowrank_rlvr.runtime import choose_backend
+    from lowrank_rlvr.backends import choose_backend
 
     assert choose_backend("auto", on_cuda=False) == "hf" and choose_backend("hf", on_cuda=False) == "hf"
 
@@ -245,7 +245,8 @@ def test_the_format_baseline_hands_trl_the_format_reward_alone():
     import torch
 
     from lowrank_rlvr.config import load_config
-    from lowrank_rlvr.train import grpo_arguments, reward_functions
+    from lowrank_rlvr.reward_funcs import reward_functions
+    from lowrank_rlvr.train import grpo_arguments
 
     cfg = load_config("tiny-cpu", ["reward.kind=format"], output_dir="unused")
     names = [f.__name__ for f in reward_functions(grader=None, kind="format", recorder=None)]
@@ -294,7 +295,8 @@ def test_format_plus_accuracy_trains_on_both_rewards():
     import torch
 
     from lowrank_rlvr.config import load_config
-    from lowrank_rlvr.train import grpo_arguments, reward_functions
+    from lowrank_rlvr.reward_funcs import reward_functions
+    from lowrank_rlvr.train import grpo_arguments
 
     cfg = load_config("tiny-cpu", ["reward.kind=format+accuracy"], output_dir="unused")
     names = [f.__name__ for f in reward_functions(grader=None, kind=cfg.reward.kind, recorder=None)]
