@@ -1,9 +1,9 @@
 """What training writes as it goes: metrics.jsonl, history.json, rollouts.jsonl, checkpoint markers, warnings and
 the progress bar; and the stop past `grpo.max_sampling_logp_difference`.
 
-`RunRecorder` is a TrainerCallback's worth of state: `train` builds one, hands it to the reward functions (which
-note each generation batch's rewards) and installs it on TRL's GRPOTrainer. The file names are `lowrank_rlvr.runs`'s,
-the record's keys `runs.LOGGED_METRICS`. Only the main process writes.
+`train` builds one `RunRecorder` per run: the reward functions hand it each generation batch's rewards, and its
+TrainerCallback (`install`) writes at each logged step, checkpoint and epoch end. The file names are
+`lowrank_rlvr.runs`'s, and so are a metrics.jsonl record's keys (`runs.LOGGED_METRICS`). Only the main process writes.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class RunRecorder:
         record = {
             "step": step,
             **{ours: logs.get(trl) for ours, trl in LOGGED_METRICS.items()},
-            "kl": logs.get("kl", 0.0),  # TRL logs no kl when beta is 0
+            "kl": logs.get("kl", 0.0),  # TRL 1.14.2 logs kl only when beta != 0 (grpo_trainer.py:3338)
             **sampling_values(logs),  # None without a separate sampler (vLLM)
             "warnings": [],
             "seconds": round(time.monotonic() - self.started, 3),

@@ -40,12 +40,14 @@ from lowrank_rlvr.backends import (
     trainer_logs_entropy,
     trl_settings,
 )
+from lowrank_rlvr.builtin import resolve_model_path
 from lowrank_rlvr.config import RunConfig, duration_seconds, load_config
 from lowrank_rlvr.data import build_train_rows, load_examples
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import check_checkpoint, check_model, writable_dir
 from lowrank_rlvr.grading import Grader
 from lowrank_rlvr.interrupt import GracefulStop, Stopped
+from lowrank_rlvr.pretrained import load_tokenizer
 from lowrank_rlvr.recorder import RunRecorder
 from lowrank_rlvr.reward_funcs import reward_functions, reward_weights
 from lowrank_rlvr.runs import Checkpoint, RunFolder
@@ -128,9 +130,6 @@ def training_setup(cfg: RunConfig, launch: Launch) -> TrainingSetup:
             cfg.model.name_or_path, on_cuda, nvidia_driver(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda
         )
     import_backend(backend, cfg.model.vllm_standby)  # before transformers (the tokenizer below) and CUDA
-    from lowrank_rlvr.builtin import resolve_model_path
-    from lowrank_rlvr.pretrained import load_tokenizer
-
     if on_cuda:  # initialises CUDA: every rank its own GPU before anything is placed on one
         import torch
 
