@@ -3,15 +3,19 @@
 Both backends train the same recipe through TRL's `GRPOTrainer`; the frozen base is never changed, only the LoRA
 adapter trains, and with `beta > 0` the KL reference is the same base with the adapter switched off.
 
-| | `hf` (transformers + peft) | `unsloth` (CUDA only) |
+What unsloth changes, compared with hf (transformers + peft):
+
+| | `hf` | `unsloth` (CUDA only) |
 |---|---|---|
 | picked by `auto` | without CUDA or without the package | with CUDA and the `[gpu]` extra |
-| imported | lazily, like everything else | first, before transformers and CUDA (`import_backend`) |
-| the policy | `AutoModelForCausalLM` (4-bit NF4 via bitsandbytes: on this rank's GPU, `hf_device_map`; then `prepare_model_for_kbit_training`) + a peft `LoraConfig` that TRL applies | `FastLanguageModel` with LoRA applied by Unsloth, no peft config |
-| sampling (TRL's `use_vllm`) | `grpo.use_vllm` (transformers `generate` by default) | `model.fast_inference`: Unsloth's colocated vLLM, sized `max_seq_length` = longest prompt + completion budget |
-| gradient checkpointing | the Trainer's (`gradient_checkpointing`) | Unsloth's own ("unsloth"); the Trainer's is off |
-| entropy in the logs | TRL logs it | not logged (`ENTROPY_NOT_MEASURED`); `grpo.entropy_coef` still applies |
-| GRPOConfig defaults | TRL's | Unsloth's own (DAPO's), which `train.grpo_arguments` pins back to the recipe |
+| imported | lazily | first: before transformers and CUDA (`import_backend`) |
+| base model | `AutoModelForCausalLM` | `FastLanguageModel` (fused kernels) |
+| 4-bit base | bitsandbytes NF4 on this rank's GPU (`hf_device_map`), `prepare_model_for_kbit_training` | Unsloth's |
+| LoRA | a peft `LoraConfig`, applied by TRL | applied by Unsloth (`get_peft_model`), no peft config |
+| TRL's `use_vllm` | `grpo.use_vllm` | `model.fast_inference`: its vLLM sized to longest prompt + completion |
+| gradient checkpointing | the Trainer's | Unsloth's own ("unsloth"); the Trainer's is off |
+| entropy logged | yes | no (`ENTROPY_NOT_MEASURED`); `grpo.entropy_coef` still applies |
+| GRPOConfig defaults | TRL's | DAPO's, pinned back to the recipe by `train.grpo_arguments` |
 
 Plain functions, no class per backend: each difference is one `if backend == "unsloth"` in the function it belongs to.
 """
@@ -71,11 +75,16 @@ def trainer_logs_entropy(backend: str) -> bool:
     return backend != "unsloth"
 
 
+def samples_with_vllm(backend: str, fast_inference: bool, use_vllm: bool) -> bool:
+    """TRL's `use_vllm`: unsloth samples from its colocated engine unless model.fast_inference is off; hf uses vLLM
+    only when asked (grpo.use_vllm)."""
+    return fast_inference if backend == "unsloth" else use_vllm
+
+
 def trl_settings(cfg: RunConfig, backend: str) -> dict[str, Any]:
     """The GRPOConfig settings that depend on the backend."""
     return {
-        # unsloth samples from its colocated engine unless model.fast_inference is off; hf uses vLLM only when asked
-        "use_vllm": cfg.model.fast_inference if backend == "unsloth" else cfg.grpo.use_vllm,
+        "use_vllm": samples_with_vllm(backend, cfg.model.fast_inference, cfg.grpo.use_vllm),
         # Unsloth checkpoints the gradients itself (get_peft_model below); the Trainer's would do it a second time
         "gradient_checkpointing": cfg.model.gradient_checkpointing and backend == "hf",
     }
