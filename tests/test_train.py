@@ -151,6 +151,20 @@ def test_auto_backend_is_hf_without_cuda():
     assert choose_backend("auto", on_cuda=False) == "hf" and choose_backend("hf", on_cuda=False) == "hf"
 
 
+def test_a_metrics_row_holds_every_documented_key_in_order(tmp_path):
+    from lowrank_rlvr.recorder import RunRecorder
+    from lowrank_rlvr.runs import METRIC_KEYS, RunFolder
+    from lowrank_rlvr.runtime import Launch
+
+    run = RunFolder(tmp_path)
+    recorder = RunRecorder(run, Launch(0, 1), resumed_step=None)
+    recorder._write_metrics(1, {"reward": 0.5, "rewards/accuracy/mean": 0.25, "entropy": 0.3})
+    [row] = run.read_metrics()
+    assert tuple(row) == METRIC_KEYS
+    assert (row["step"], row["reward_mean"], row["train_accuracy"], row["entropy"]) == (1, 0.5, 0.25, 0.3)
+    assert row["kl"] == 0.0 and row["grad_norm"] is None and row["sampling_logp_difference_mean"] is None
+
+
 def test_the_unsloth_path_gets_the_papers_settings_and_colocated_sampling():
     """Unsloth 2026.10.9's GRPOConfig swaps in DAPO defaults unless told otherwise: every one must be explicit."""
     from lowrank_rlvr.config import load_config
