@@ -37,17 +37,27 @@ from typing import Any
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import atomic_output, read_json, read_jsonl, read_text
+from lowrank_rlvr.parity import SAMPLING_KEYS
 
 COMPLETE_MARKER = "checkpoint_complete"
 EVAL_REPORT = "eval_report.json"  # also `eval`'s default output outside a run folder
-METRIC_KEYS = (
-    "step", "reward_mean", "reward_std", "train_accuracy", "format_reward", "entropy", "completion_length", "kl", "learning_rate",
-    "grad_norm", "reflection_per_1k_tokens", "grader_timeouts",
-    # the sampler/trainer gap (lowrank_rlvr.parity.SAMPLING_KEYS): null without a separate sampler (vLLM)
-    "sampling_logp_difference_mean", "sampling_logp_difference_max", "importance_sampling_ratio_min",
-    "importance_sampling_ratio_mean", "importance_sampling_ratio_max",
-    "warnings", "seconds",
-)
+# metrics.jsonl key -> the TRL log key it records (TRL 1.14.2's names, and ours that the reward function logs);
+# each row is "step", these, the sampler/trainer gap (parity.SAMPLING_KEYS: null without a separate sampler, vLLM),
+# then "warnings" and "seconds"
+LOGGED_METRICS = {
+    "reward_mean": "reward",
+    "reward_std": "reward_std",
+    "train_accuracy": "rewards/accuracy/mean",
+    "format_reward": "rewards/format/mean",  # reward.kind 'format' only
+    "entropy": "entropy",  # null: not measured (the unsloth backend logs none)
+    "completion_length": "completions/mean_length",
+    "kl": "kl",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "reflection_per_1k_tokens": "reflection_per_1k_tokens",
+    "grader_timeouts": "grader_timeouts",
+}
+METRIC_KEYS = ("step", *LOGGED_METRICS, *SAMPLING_KEYS, "warnings", "seconds")
 LAYOUT = {  # path in the run folder -> what it holds (README's table follows this)
     "config.yaml": "the resolved config, and under `resolved` the processes and the effective batch",
     "metrics.jsonl": "one line per step: " + ", ".join(f"`{key}`" for key in METRIC_KEYS),
