@@ -66,7 +66,7 @@ def import_backend(backend: str, vllm_standby: bool) -> None:
 def check_dtype(cfg: RunConfig, backend: str) -> None:
     """float32 cannot run in Unsloth's vLLM engine: refused where 'auto' became unsloth (an explicit unsloth backend
     is refused when the config loads, config.py)."""
-    if backend == "unsloth" and cfg.model.fast_inference and cfg.model.dtype == "float32":
+    if cfg.model.float32_in_unsloth_vllm(backend):
         raise UserError(f"model.dtype: {UNSLOTH_FLOAT32}")
 
 

@@ -17,7 +17,7 @@ Pure: `collapse_warnings(rows)` takes the rows of `metrics.jsonl` as dicts (`ste
 `entropy`, `completion_length`; other keys ignored, None skipped) and returns values. Each kind is raised once per run,
 at the step where its condition first holds; `scan_for_collapse(rows)` returns those for a whole run (a report).
 Rows without entropy (the unsloth backend logs none) cannot raise entropy_collapse: training and the report say that
-the check is off (`lowrank_rlvr.train.ENTROPY_NOT_MEASURED`, the report's entropy plot), rather than staying quiet.
+the check is off (`lowrank_rlvr.backends.ENTROPY_NOT_MEASURED`, the report's entropy plot), rather than staying quiet.
 
 >>> rows = [{"step": s, "reward_mean": 0.5, "train_accuracy": 0.5, "entropy": 0.4, "completion_length": 11.0}
 ...         for s in range(1, 21)]

@@ -30,7 +30,7 @@ DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
 ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # 'all-linear'
 # reward.kind -> the reward functions TRL computes, in order, each with its weight in the trained reward (TRL sums
 # weight x reward). `accuracy` is in every row: it is `train_accuracy`, the measurement, and trains only where its
-# weight is not 0. Under 'zero' every weight is 0, so every advantage is 0 (why it still trains: `train.py`).
+# weight is not 0. Under 'zero' every weight is 0, so every advantage is 0 (why it still trains: `reward_funcs.py`).
 REWARD_TERMS: dict[str, tuple[tuple[str, float], ...]] = {
     "accuracy": (("accuracy", 1.0),),
     "format": (("format", 1.0), ("accuracy", 0.0)),
@@ -88,6 +88,11 @@ class ModelSettings(_Section):
         "`generate` (TRL's use_vllm off; no vLLM share of the GPU), for machines without a working vLLM.",
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
+
+    def float32_in_unsloth_vllm(self, backend: str) -> bool:
+        """float32 on Unsloth's vLLM engine, which cannot run it (UNSLOTH_FLOAT32): checked for an explicit backend
+        at load, for 'auto' once it has become one (`backends.check_dtype`)."""
+        return backend == "unsloth" and self.fast_inference and self.dtype == "float32"
 
     @model_validator(mode="after")
     def _standby_needs_vllm(self) -> ModelSettings:
@@ -296,7 +301,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _backend_can_run(self) -> RunConfig:
         m = self.model
-        if m.backend == "unsloth" and m.fast_inference and m.dtype == "float32":
+        if m.float32_in_unsloth_vllm(m.backend):
             raise ValueError(f"model.dtype: {UNSLOTH_FLOAT32}")
         # trl 1.14.2 starts TRL's vLLM with quantization="bitsandbytes" for a 4-bit model and syncs the merged
         # weights as `param.data` (trl/generation/vllm_generation.py:341, 467, 511): packed 4-bit tensors without

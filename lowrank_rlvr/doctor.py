@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 
+from lowrank_rlvr.backends import choose_backend
 from lowrank_rlvr.plan import GiB
-from lowrank_rlvr.runtime import NvidiaDriver, choose_backend, has_bf16, nvidia_driver
+from lowrank_rlvr.runtime import NvidiaDriver, has_bf16, nvidia_driver
 
 DOCTOR_PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo", "vllm",

@@ -73,10 +73,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowrank_rlvr.adapters import VLLM_LORA_RANKS
+from lowrank_rlvr.backends import samples_with_vllm
+from lowrank_rlvr.builtin import resolve_model_path
 from lowrank_rlvr.config import ALL_LINEAR_MODULES, RunConfig, load_config
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.adapters import VLLM_LORA_RANKS
-from lowrank_rlvr.builtin import resolve_model_path
 from lowrank_rlvr.pretrained import model_key
 
 GiB = 1024**3
@@ -279,7 +280,7 @@ class PlanInputs:
 
     @property
     def samples_with_vllm(self) -> bool:
-        return self.fast_inference if self.backend == "unsloth" else self.use_vllm
+        return samples_with_vllm(self.backend, self.fast_inference, self.use_vllm)
 
 
 @dataclass(frozen=True)
