@@ -295,44 +295,46 @@ def _run_trainer(trainer: Any, checkpoint: Checkpoint | None, stop: GracefulStop
         raise failure from None
 
 
+# GRPOSettings that TRL's GRPOConfig takes under the same name, passed through as they are.
+SAME_AS_TRL = (
+    "num_generations", "per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
+    "temperature", "top_p", "beta", "entropy_coef", "epsilon", "loss_type", "scale_rewards", "learning_rate",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "adam_epsilon", "max_steps", "save_steps",
+    "logging_steps", "seed", "vllm_mode", "vllm_server_host", "vllm_server_port",
+    "report_to",  # TRL's loggers get our log_metric values too: see lowrank_rlvr/tracking.py
+)
+# GRPOSettings that reach TRL worked out (use_vllm: by the backend; run_name: default the run folder's name), or not
+# at all: they are this tool's (max_time: interrupt.py; max_sampling_logp_difference: parity.py; log_rollouts_steps).
+NOT_AS_TRL = ("use_vllm", "run_name", "max_time", "max_sampling_logp_difference", "log_rollouts_steps")
+
+
 def grpo_arguments(cfg: RunConfig, backend: str, on_cuda: bool, dtype: Any) -> Any:
-    """TRL's GRPOConfig from ours: same names, plus the device and logging choices this tool makes."""
+    """TRL's GRPOConfig from ours: the same names, plus the device, sampler and logging choices this tool makes."""
+    import torch
     from trl import GRPOConfig
 
+    g = cfg.grpo
     return GRPOConfig(
         output_dir=cfg.output_dir,
-        **_recipe_arguments(cfg),
-        **_importance_sampling_arguments(),
-        **_optimizer_arguments(cfg),
-        **_sampler_arguments(cfg),
-        **trl_settings(cfg, backend),  # use_vllm and gradient checkpointing: see lowrank_rlvr.backends
-        **_device_arguments(on_cuda, dtype),
-        **_saving_and_logging_arguments(cfg),
-    )
-
-
-def _recipe_arguments(cfg: RunConfig) -> dict[str, Any]:
-    g = cfg.grpo
-    return dict(
-        num_generations=g.num_generations,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps,
-        max_completion_length=g.max_completion_length,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        beta=g.beta,
-        entropy_coef=g.entropy_coef,
-        epsilon=g.epsilon,
+        **{name: getattr(g, name) for name in SAME_AS_TRL},
         # Unsloth 2026.10.9's GRPOConfig swaps in DAPO-paper defaults (clip-higher 0.28, masking truncated
         # completions, 8-bit Adam) unless these are given: pin them so both backends run the same recipe.
         epsilon_high=g.epsilon,
         mask_truncated_completions=False,
         optim="adamw_torch",
-        loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards,
         reward_weights=reward_weights(cfg.reward.kind),
-        max_steps=g.max_steps,
-        seed=g.seed,
+        **_importance_sampling_arguments(),
+        **trl_settings(cfg, backend),  # use_vllm and gradient checkpointing: see lowrank_rlvr.backends
+        vllm_gpu_memory_utilization=cfg.model.gpu_memory_utilization,
+        use_cpu=not on_cuda,
+        bf16=dtype == torch.bfloat16 and on_cuda,
+        fp16=dtype == torch.float16 and on_cuda,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
+        save_strategy="steps",
+        run_name=g.run_name or Path(cfg.output_dir).name,
+        disable_tqdm=True,  # RunRecorder draws the progress bar
+        log_completions=False,
     )
 
 
@@ -348,53 +350,6 @@ def _importance_sampling_arguments() -> dict[str, Any]:
         vllm_importance_sampling_correction=True,
         vllm_importance_sampling_mode="token_truncate",
         vllm_importance_sampling_clip_max=3.0,  # TRL 1.14.2's cap (its default), per token here
-    )
-
-
-def _optimizer_arguments(cfg: RunConfig) -> dict[str, Any]:
-    g = cfg.grpo
-    return dict(
-        learning_rate=g.learning_rate,
-        lr_scheduler_type=g.lr_scheduler_type,
-        warmup_steps=g.warmup_steps,
-        weight_decay=g.weight_decay,
-        max_grad_norm=g.max_grad_norm,
-        adam_epsilon=g.adam_epsilon,
-    )
-
-
-def _sampler_arguments(cfg: RunConfig) -> dict[str, Any]:
-    g = cfg.grpo
-    return dict(
-        vllm_mode=g.vllm_mode,
-        vllm_server_host=g.vllm_server_host,
-        vllm_server_port=g.vllm_server_port,
-        vllm_gpu_memory_utilization=cfg.model.gpu_memory_utilization,
-    )
-
-
-def _device_arguments(on_cuda: bool, dtype: Any) -> dict[str, Any]:
-    import torch
-
-    return dict(
-        use_cpu=not on_cuda,
-        bf16=dtype == torch.bfloat16 and on_cuda,
-        fp16=dtype == torch.float16 and on_cuda,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient: skip DDP's search for unused ones
-    )
-
-
-def _saving_and_logging_arguments(cfg: RunConfig) -> dict[str, Any]:
-    g = cfg.grpo
-    return dict(
-        save_strategy="steps",
-        save_steps=g.save_steps,
-        logging_steps=g.logging_steps,
-        report_to=g.report_to,  # TRL's loggers get our log_metric values too: see lowrank_rlvr/tracking.py
-        run_name=g.run_name or Path(cfg.output_dir).name,
-        disable_tqdm=True,  # RunRecorder draws the progress bar
-        log_completions=False,
     )
 
 

@@ -179,6 +179,23 @@ def test_the_unsloth_path_gets_the_papers_settings_and_colocated_sampling():
     assert args.optim == "adamw_torch" and args.loss_type == "dapo" and args.vllm_importance_sampling_correction
 
 
+def test_every_grpo_setting_reaches_trl_under_its_name_or_is_named_as_ours():
+    """A setting added to GRPOSettings must be passed to TRL (SAME_AS_TRL) or say why not (NOT_AS_TRL)."""
+    from lowrank_rlvr.config import GRPOSettings, load_config
+    from lowrank_rlvr.train import NOT_AS_TRL, SAME_AS_TRL, grpo_arguments
+
+    import torch
+
+    assert set(GRPOSettings.model_fields) == set(SAME_AS_TRL) | set(NOT_AS_TRL)
+    assert not set(SAME_AS_TRL) & set(NOT_AS_TRL)
+    overrides = ["grpo.learning_rate=3e-5", "grpo.top_p=0.9", "grpo.vllm_server_port=8123", "grpo.seed=7"]
+    cfg = load_config("tiny-cpu", overrides, output_dir="unused")
+    args = grpo_arguments(cfg, "hf", False, torch.float32)
+    assert {name: getattr(args, name) for name in SAME_AS_TRL if name != "report_to"} == {
+        name: getattr(cfg.grpo, name) for name in SAME_AS_TRL if name != "report_to"}
+    assert (args.learning_rate, args.top_p, args.vllm_server_port, args.seed) == (3e-5, 0.9, 8123, 7)
+
+
 # -- resume from every place a kill can leave a run ----------------------------------------------------------------
 # A SIGKILL leaves the run folder in one of these states (writes are atomic: a file or folder is there whole or not
 # at all, and a checkpoint counts only with its completion marker). Each is made from a finished 6-step run, and
