@@ -32,7 +32,7 @@ from statistics import median
 
 from lowrank_rlvr.tables import number
 
-REMEDY = (
+COLLAPSE_REMEDY = (
     "lower grpo.learning_rate, raise grpo.adam_epsilon (tiny entropy/KL gradients then stop taking full Adam steps), "
     "or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
 )
@@ -92,7 +92,7 @@ def _first_reward_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseW
                 kind="reward_collapse",
                 message=f"step {row['step']}: training reward 0 for {zero_run} steps (since step {start}) after "
                 f"{rewarded} of {seen} steps were rewarded{_length_change(rows, row)}: the policy lost the answers it "
-                f"had found; {REMEDY}",
+                f"had found; {COLLAPSE_REMEDY}",
             )
     return None
 
@@ -121,7 +121,7 @@ def _first_entropy_collapse(rows: list[dict], t: CollapseThresholds) -> Collapse
                 kind="entropy_collapse",
                 message=f"step {row['step']}: entropy {entropy:.2g} is under {t.entropy_fraction:g} of its start "
                 f"({start_entropy:.2g}) while training accuracy is {mean_accuracy:.2f}{_length_change(rows, row)}: the "
-                f"policy turned deterministic on wrong answers; {REMEDY}",
+                f"policy turned deterministic on wrong answers; {COLLAPSE_REMEDY}",
             )
     return None
 

@@ -50,7 +50,7 @@ CAUSES = (
     "(e.g. a LoRA scale applied twice, a module left out), a sampler that kept older weights, or a dtype or "
     "quantization of the sampler far from the trainer's"
 )
-REMEDY = (
+PARITY_REMEDY = (
     "compare with the same config and grpo.use_vllm: false (transformers generate samples from the live policy), "
     "check the installed trl/vllm/unsloth versions against the pinned ones (`lowrank-rlvr plan --env`), and read "
     "rollouts.jsonl for what the sampler wrote"
@@ -95,7 +95,7 @@ def first_mismatch(rows: list[dict], thresholds: ParityThresholds = ParityThresh
             return ParityWarning(
                 row["step"], KIND,
                 f"step {row['step']}: {_figures(row)} for {above} steps (healthy runs: under "
-                f"{thresholds.warn_mean:g}): {CAUSES}; {REMEDY}",
+                f"{thresholds.warn_mean:g}): {CAUSES}; {PARITY_REMEDY}",
             )
     return None
 
@@ -107,7 +107,7 @@ def limit_exceeded(row: dict, limit: float | None) -> str | None:
         return None
     return (
         f"step {row['step']}: {_figures(row)}, past grpo.max_sampling_logp_difference = {limit:g}: training stopped "
-        f"rather than train on another policy's rollouts; {CAUSES}; {REMEDY}"
+        f"rather than train on another policy's rollouts; {CAUSES}; {PARITY_REMEDY}"
     )
 
 

@@ -299,7 +299,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     return save_figure(plt, fig, path)
 
 
-ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
+ENTROPY_CAPTION = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
 
 
 def plot_not_measured(key: str, reason: str, path: Path) -> Path:
@@ -412,7 +412,7 @@ def draw_figures(logs: RunLogs, summary: dict, output_dir: Path) -> list[tuple[s
     for key, (filename, _, _) in SERIES.items():
         written = plot_series(logs, key, summary, output_dir / filename)
         if written is None and key == "entropy":  # a statement, not an empty plot (see the module docstring)
-            written = plot_not_measured(key, ENTROPY_NOT_MEASURED, output_dir / filename)
+            written = plot_not_measured(key, ENTROPY_CAPTION, output_dir / filename)
             summary["entropy_not_measured"] = True
         if written:
             figures.append((key, written))
@@ -510,7 +510,7 @@ def _note_rows(logs: RunLogs, summary: dict) -> list[tuple[str, object]]:
     for label, value, _ in paper_lines(logs):
         rows.append((label.split(":")[0], f"{figure(value, '%')} (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
     if summary.get("entropy_not_measured"):
-        rows.append(("entropy", f"{ENTROPY_NOT_MEASURED}; the entropy-collapse check was off"))
+        rows.append(("entropy", f"{ENTROPY_CAPTION}; the entropy-collapse check was off"))
     for warning in summary["logged_warnings"]:
         rows.append((f"warning at step {warning['step']}", warning.get("message", warning.get("kind", ""))))
     if summary["not_logged"]:

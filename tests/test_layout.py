@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lowrank_rlvr"
-LAYERS = ("foundation", "facts and pure rules", "parts", "commands")
+LAYERS = ("foundation", "facts and pure rules", "parts", "commands", "entry point")
 
 
 def code_map() -> dict[str, int]:
