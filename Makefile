@@ -10,7 +10,7 @@ setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/python -c "from lowrank_rlvr.smollm2 import smollm2_model_dir; print(smollm2_model_dir())"
+	$(BIN)/python -c "from lowrank_rlvr.builtin import smollm2_model_dir; print(smollm2_model_dir())"
 
 # OMP_NUM_THREADS=1: on a 2-core box torch's default thread pool makes tiny-model steps 10-50x slower.
 # The vLLM tests have their own target (test-vllm, below): they need a separate venv.

@@ -41,12 +41,17 @@ from typing import Any, Iterable
 
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.rewards import answer_text
-from lowrank_rlvr.runs import read_jsonl
+from lowrank_rlvr.files import read_jsonl
 from lowrank_rlvr.shipped import cache_root, data_dir as shipped_data_dir
 
 BENCHMARKS = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's table order
 # Made by the tool when asked for (`lowrank_rlvr.random_calculation`): reported beside the six, never in their mean.
-GENERATED_BENCHMARKS = ("random_calculation",)
+RANDOM_CALCULATION = "random_calculation"
+GENERATED_BENCHMARKS = (RANDOM_CALCULATION,)
+# The paper's protocol: greedy decoding on these, `SAMPLED_COUNT` samples at its temperature on the small rest
+# (AIME24, AIME25, AMC23; accuracy = the mean over samples, "avg@8").
+GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", *GENERATED_BENCHMARKS)
+SAMPLED_COUNT = 8
 
 # The paper's files not shipped (data/NOTICE.md), name -> SHA-256: fetched by the user from the paper's repository.
 FETCHED = {
@@ -88,6 +93,18 @@ def parse_benchmarks(names: str | Iterable[str] | None) -> list[str]:
         choices = ", ".join(BENCHMARKS + GENERATED_BENCHMARKS)
         raise UserError(f"unknown benchmark {', '.join(unknown) or '(none)'}: choose from {choices}")
     return list(dict.fromkeys(items))
+
+
+def paper_benchmarks(names: Iterable[str]) -> list[str]:
+    """The names among `names` that count in the average: the paper's six, not the generated ones."""
+    return [name for name in names if name in BENCHMARKS]
+
+
+def average_accuracy(accuracies: dict[str, float]) -> float | None:
+    """The mean accuracy (benchmark name -> accuracy) over the paper's benchmarks evaluated; generated ones are
+    reported beside it, never in it. None when only generated benchmarks were evaluated."""
+    values = [accuracies[name] for name in paper_benchmarks(accuracies)]
+    return sum(values) / len(values) if values else None
 
 
 def paper_file(name: str) -> Path:

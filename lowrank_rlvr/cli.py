@@ -27,7 +27,15 @@ from typer.core import TyperGroup
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer._click.globals import get_current_context
 
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, SAMPLED_COUNT
+from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL
+from lowrank_rlvr.defaults import (
+    GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE, SATURATION_THRESHOLD,
+    TRAILING_WINDOW,
+)
 from lowrank_rlvr.errors import UserError, input_error
+from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED, MAX_DIFFICULTY
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 
 @contextlib.contextmanager
@@ -55,10 +63,6 @@ class _OneLineUsageErrors(TyperGroup):
     def invoke(self, ctx):
         with _usage_errors_in_one_line():
             return super().invoke(ctx)
-
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
-from lowrank_rlvr.random_calculation import DEFAULT_COUNT, DEFAULT_DIFFICULTY, DEFAULT_SEED
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 
 app = typer.Typer(
     cls=_OneLineUsageErrors,
@@ -137,36 +141,36 @@ def train(
 @app.command(name="eval")
 @_fail_cleanly
 def evaluate(
-    model: Optional[str] = typer.Argument(None, help="Base model: Hub id, local folder, builtin:tiny-qwen2 or builtin:smollm2-135m (optional with --run)."),
+    model: Optional[str] = typer.Argument(None, help=f"Base model: Hub id, local folder, {TINY_MODEL} or {SMOLLM2_MODEL} (optional with --run)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (RUN/adapter or RUN/checkpoint-N)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Sweep: evaluate the base and every RUN/checkpoint-N; writes RUN/eval_by_step.jsonl."),
-    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help="Comma-separated subset of math500,aime24,amc23,minerva_math,olympiadbench,aime25 (default: these six), and/or random_calculation (generated from a seed, reported beside the six, not in their average)."),
+    benchmarks: Optional[str] = typer.Option(None, "--benchmarks", help=f"Comma-separated subset of {','.join(BENCHMARKS)} (default: these six), and/or {','.join(GENERATED_BENCHMARKS)} (generated from a seed, reported beside the six, not in their average)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with <benchmark>.jsonl in the Qwen2.5-Math layout (default: the paper's files, shipped; AIME24/25 and AMC23 fetched once, see data/NOTICE.md)."),
     hub: bool = typer.Option(False, "--hub", help="Download the benchmarks from the Hugging Face Hub instead (not byte for byte the paper's files)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per problem (default: 1 greedy; 8 for AIME24/25, AMC23)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help="Sampling temperature for all benchmarks (default: 0 greedy; 0.6 for AIME24/25, AMC23)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help=f"Responses per problem (default: 1 greedy; {SAMPLED_COUNT} for AIME24/25, AMC23)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", callback=_finite, help=f"Sampling temperature for all benchmarks (default: 0 greedy; {PAPER_TEMPERATURE} for AIME24/25, AMC23)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", callback=_finite, help="Nucleus sampling (default 1.0)."),
     max_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-tokens", help="Maximum new tokens per response."),
-    template: Optional[str] = typer.Option(None, "--template", help="qwen-math-cot (default; with --run: the run's), chat or plain."),
+    template: Optional[str] = typer.Option(None, "--template", help=f"{', '.join(TEMPLATES)} (default {DEFAULT_TEMPLATE}; with --run: the run's)."),
     backend: str = typer.Option("auto", "--backend", help="vllm, hf (transformers generate) or auto (vllm when installed)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report JSON (responses go to the .jsonl beside it). Default: RUN/eval_report.json for a run's adapter, else ./eval_report.json."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="hf backend: prompts per generate call."),
-    grader_workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
-    grader_timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
-    difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help="random_calculation: arithmetic operations per problem (1-12)."),
+    grader_workers: int = typer.Option(GRADER_WORKERS, "--grader-workers", min=1, help="Grading worker processes."),
+    grader_timeout: float = typer.Option(GRADER_TIMEOUT_SECONDS, "--grader-timeout", min=0.01, help="Hard time limit in seconds per response."),
+    difficulty: int = typer.Option(DEFAULT_DIFFICULTY, "--difficulty", help=f"random_calculation: arithmetic operations per problem (1-{MAX_DIFFICULTY})."),
     calculation_seed: int = typer.Option(DEFAULT_SEED, "--calculation-seed", help=f"random_calculation: the seed its {DEFAULT_COUNT} problems are generated from."),
 ) -> None:
     """Evaluate a model (+ adapter) on MATH500, AIME24/25, AMC23, Minerva Math, OlympiadBench (and random_calculation)."""
-    from lowrank_rlvr.evaluate import run_eval_command
-    from lowrank_rlvr.random_calculation import RandomCalculation
+    from lowrank_rlvr.evaluate import EvalOptions, eval_command
 
-    calculation = RandomCalculation(seed=calculation_seed, difficulty=difficulty)
-    typer.echo(run_eval_command(
-        model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-        output, seed, batch_size, grader_workers, grader_timeout, hub, calculation,
-    ))
+    typer.echo(eval_command(EvalOptions(
+        model=model, adapter=adapter, run=run, benchmarks=benchmarks, data_dir=data_dir, hub=hub, limit=limit,
+        samples=samples, temperature=temperature, top_p=top_p, max_tokens=max_tokens, template=template,
+        backend=backend, output=output, seed=seed, batch_size=batch_size, grader_workers=grader_workers,
+        grader_timeout=grader_timeout, difficulty=difficulty, calculation_seed=calculation_seed,
+    )))
 
 
 @app.command()
@@ -182,9 +186,13 @@ def merge(
     gguf: Optional[str] = typer.Option(None, "--gguf", help="Also write GGUF with this quantization (Unsloth), e.g. q4_k_m."),
 ) -> None:
     """Merge an adapter into a 16/32-bit base and export it (optionally to the Hugging Face Hub)."""
-    from lowrank_rlvr.merge import export
+    from lowrank_rlvr.merge import MergeOptions, merge_command
 
-    metrics = export(adapter_dir, output, base, dtype, overwrite, push_to_hub, private, gguf)
+    options = MergeOptions(
+        adapter_dir, output, base=base, dtype=dtype, overwrite=overwrite, push_to_hub=push_to_hub, private=private,
+        gguf=gguf,
+    )
+    metrics = merge_command(options)
     typer.echo(
         f"merged {adapter_dir} into {metrics['base']} ({metrics['dtype']}) -> {output} "
         f"({metrics['size_bytes'] / 1e6:.1f} MB, logits match base+adapter to {metrics['logits_max_rel_diff']:.1e})"
@@ -213,18 +221,18 @@ def select(
     ),
     samples: int = typer.Option(8, "--samples", help="--estimate: rollouts per pool example."),
     limit: Optional[int] = typer.Option(None, "--limit", help="--estimate: only the first N pool examples."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help="--estimate: qwen-math-cot, chat or plain."),
+    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", help=f"--estimate: {', '.join(TEMPLATES)}."),
     temperature: float = typer.Option(PAPER_TEMPERATURE, "--temperature", callback=_finite, help="--estimate: sampling temperature."),
     max_new_tokens: int = typer.Option(PAPER_MAX_COMPLETION_LENGTH, "--max-new-tokens", help="--estimate: tokens per rollout."),
 ) -> None:
     """Rank pool examples by historical variance score and write the chosen one(s)."""
-    from lowrank_rlvr.select import describe, run_select
+    from lowrank_rlvr.select import SelectOptions, select_command
 
-    selected, metrics = run_select(
+    options = SelectOptions(
         history, pool, output, top=top, rank=rank, method=method, repeat=repeat, seed=seed, estimate=estimate,
         samples=samples, limit=limit, template=template, temperature=temperature, max_new_tokens=max_new_tokens,
     )
-    typer.echo(describe(selected, metrics))
+    typer.echo(select_command(options)["summary"])
 
 
 @app.command()
@@ -232,14 +240,14 @@ def select(
 def grade(
     input_path: Path = typer.Argument(..., help="INPUT.jsonl: one JSON object per line with 'response' and 'answer'."),
     output: Path = typer.Option(..., "--output", "-o", help="Input lines plus 'reward' and 'extracted', in order."),
-    workers: int = typer.Option(DEFAULT_GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_SECONDS, "--timeout", min=0.01, callback=_finite, help="Hard time limit in seconds per response."),
+    workers: int = typer.Option(GRADER_WORKERS, "--workers", min=1, help="Grading worker processes."),
+    timeout: float = typer.Option(GRADER_TIMEOUT_SECONDS, "--timeout", min=0.01, callback=_finite, help="Hard time limit in seconds per response."),
     kind: str = typer.Option("accuracy", "--kind", help="'accuracy' (vs the answer) or 'format' (any parsable box)."),
 ) -> None:
     """Grade a JSONL of responses against answers with the training reward."""
-    from lowrank_rlvr.grade import grade_file
+    from lowrank_rlvr.grade import grade_command
 
-    typer.echo(grade_file(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind)["summary"])
+    typer.echo(grade_command(input_path, output, workers=workers, timeout_seconds=timeout, kind=kind))
 
 
 @app.command()
@@ -254,9 +262,9 @@ def plan(
 ) -> None:
     """Estimate peak GPU memory of a config before downloading anything (exit 3 when it does not fit)."""
     if env:
-        from lowrank_rlvr.doctor import environment_report
+        from lowrank_rlvr.doctor import env_command
 
-        typer.echo(environment_report())
+        typer.echo(env_command())
         return
     from lowrank_rlvr.plan import plan_command
 
@@ -269,9 +277,9 @@ def plan(
 @_fail_cleanly
 def configs() -> None:
     """List the shipped configs (name, model, what it is); `train NAME` and `plan NAME` take the name."""
-    from lowrank_rlvr.shipped import config_dir, listing, shipped_configs
+    from lowrank_rlvr.shipped import configs_command
 
-    typer.echo(listing(shipped_configs()) + f"\n\n(in {config_dir()})")
+    typer.echo(configs_command())
 
 
 @app.command()
@@ -279,13 +287,13 @@ def configs() -> None:
 def report(
     run_dir: Path = typer.Argument(..., help="Run folder written by `lowrank-rlvr train` (metrics.jsonl, ...)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default RUN_DIR/report)."),
-    threshold: float = typer.Option(0.95, "--threshold", callback=_finite, help="Training accuracy that counts as saturated."),
-    window: int = typer.Option(10, "--window", help="Logged steps averaged for the saturation test and smoothing."),
+    threshold: float = typer.Option(SATURATION_THRESHOLD, "--threshold", callback=_finite, help="Training accuracy that counts as saturated."),
+    window: int = typer.Option(TRAILING_WINDOW, "--window", help="Logged steps averaged for the saturation test and smoothing."),
 ) -> None:
     """Plot training vs held-out accuracy, entropy, length and reflection words; write a one-page HTML."""
-    from lowrank_rlvr.report import build_report
+    from lowrank_rlvr.report import ReportOptions, report_command
 
-    html_path, summary = build_report(run_dir, output_dir, threshold=threshold, window=window)
+    html_path, summary = report_command(run_dir, ReportOptions(output_dir, threshold, window))
     saturated = summary["saturation_step"]
     typer.echo(f"saturation step: {saturated if saturated is not None else 'not reached'}; report: {html_path}")
 
@@ -297,9 +305,9 @@ def compare(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where to write (default FIRST_RUN/comparison)."),
 ) -> None:
     """Runs side by side: training curves, held-out accuracy (final and best) with differences from the first run."""
-    from lowrank_rlvr.compare import compare_runs
+    from lowrank_rlvr.compare import compare_command
 
-    text, page = compare_runs(runs, output_dir)
+    text, page = compare_command(runs, output_dir)
     typer.echo(f"{text}\n\npage: {page}")
 
 

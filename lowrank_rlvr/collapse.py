@@ -17,7 +17,7 @@ Pure: `collapse_warnings(rows)` takes the rows of `metrics.jsonl` as dicts (`ste
 `entropy`, `completion_length`; other keys ignored, None skipped) and returns values. Each kind is raised once per run,
 at the step where its condition first holds; `scan_for_collapse(rows)` returns those for a whole run (a report).
 Rows without entropy (the unsloth backend logs none) cannot raise entropy_collapse: training and the report say that
-the check is off (`lowrank_rlvr.train.ENTROPY_NOT_MEASURED`, the report's entropy plot), rather than staying quiet.
+the check is off (`lowrank_rlvr.backends.ENTROPY_NOT_MEASURED`, the report's entropy plot), rather than staying quiet.
 
 >>> rows = [{"step": s, "reward_mean": 0.5, "train_accuracy": 0.5, "entropy": 0.4, "completion_length": 11.0}
 ...         for s in range(1, 21)]
@@ -27,11 +27,12 @@ the check is off (`lowrank_rlvr.train.ENTROPY_NOT_MEASURED`, the report's entrop
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import median
 
-REMEDY = (
+from lowrank_rlvr.tables import number
+
+COLLAPSE_REMEDY = (
     "lower grpo.learning_rate, raise grpo.adam_epsilon (tiny entropy/KL gradients then stop taking full Adam steps), "
     "or warm up (grpo.lr_scheduler_type: constant_with_warmup, grpo.warmup_steps)"
 )
@@ -72,7 +73,7 @@ def scan_for_collapse(rows: list[dict], thresholds: CollapseThresholds = Collaps
 def _first_reward_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseWarning | None:
     seen = rewarded = zero_run = 0  # steps with a reward before the current zero stretch, how many were rewarded
     for row in rows:
-        reward = _number(row.get("reward_mean"))
+        reward = number(row.get("reward_mean"))
         if reward is None:
             continue
         if reward > 0:
@@ -91,27 +92,27 @@ def _first_reward_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseW
                 kind="reward_collapse",
                 message=f"step {row['step']}: training reward 0 for {zero_run} steps (since step {start}) after "
                 f"{rewarded} of {seen} steps were rewarded{_length_change(rows, row)}: the policy lost the answers it "
-                f"had found; {REMEDY}",
+                f"had found; {COLLAPSE_REMEDY}",
             )
     return None
 
 
 def _first_entropy_collapse(rows: list[dict], t: CollapseThresholds) -> CollapseWarning | None:
-    entropies = [e for e in (_number(row.get("entropy")) for row in rows) if e is not None]
+    entropies = [e for e in (number(row.get("entropy")) for row in rows) if e is not None]
     if len(entropies) < t.start_steps:
         return None
     start_entropy = median(entropies[: t.start_steps])
     low_run: list[float] = []  # training accuracy of the current stretch of low-entropy steps
     for row in rows:
-        entropy = _number(row.get("entropy"))
+        entropy = number(row.get("entropy"))
         if entropy is None:
             continue
         if entropy >= t.entropy_fraction * start_entropy:
             low_run = []
             continue
-        accuracy = _number(row.get("train_accuracy"))
+        accuracy = number(row.get("train_accuracy"))
         if accuracy is None:  # runs that log no accuracy: the reward stands in
-            accuracy = _number(row.get("reward_mean")) or 0.0
+            accuracy = number(row.get("reward_mean")) or 0.0
         low_run.append(accuracy)
         if len(low_run) >= t.window and sum(low_run[-t.window :]) / t.window < t.max_accuracy:
             mean_accuracy = sum(low_run[-t.window :]) / t.window
@@ -120,18 +121,11 @@ def _first_entropy_collapse(rows: list[dict], t: CollapseThresholds) -> Collapse
                 kind="entropy_collapse",
                 message=f"step {row['step']}: entropy {entropy:.2g} is under {t.entropy_fraction:g} of its start "
                 f"({start_entropy:.2g}) while training accuracy is {mean_accuracy:.2f}{_length_change(rows, row)}: the "
-                f"policy turned deterministic on wrong answers; {REMEDY}",
+                f"policy turned deterministic on wrong answers; {COLLAPSE_REMEDY}",
             )
     return None
 
 
 def _length_change(rows: list[dict], row: dict) -> str:
-    first, now = _number(rows[0].get("completion_length")), _number(row.get("completion_length"))
+    first, now = number(rows[0].get("completion_length")), number(row.get("completion_length"))
     return "" if first is None or now is None else f", completion length {first:.3g} -> {now:.3g} tokens"
-
-
-def _number(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value

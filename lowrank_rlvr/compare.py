@@ -21,7 +21,7 @@ The paper's rows (`lowrank_rlvr.paper`) are listed where a run's base model and 
 and the trained row of a treatment (controls have none). Generated benchmarks (`random_calculation`) are shown in
 their own column and never averaged in.
 
-Runs must share one base model (compared by `paper.model_key`, so a 4-bit mirror is the same model); anything else
+Runs must share one base model (compared by `pretrained.model_key`, so a 4-bit mirror is the same model); anything else
 stops with one line, as do fewer than two runs and a run with no held-out evaluation.
 
 Outputs, into `--output-dir` (default: the treatment's `comparison/`): one PNG per plot, `comparison.html` (the
@@ -35,16 +35,18 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, paper_benchmarks
+from lowrank_rlvr.defaults import TRAILING_WINDOW
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import atomic_output, writable_dir
-from lowrank_rlvr.paper import SOURCE, comparable_average, model_key, reference_for_run
+from lowrank_rlvr.paper import SOURCE, reference_cells, reference_for_run
+from lowrank_rlvr.pretrained import model_key
 from lowrank_rlvr.report import (
     RunLogs, html_figures, html_page, new_figure, read_run, save_figure, series, trailing_mean,
 )
 from lowrank_rlvr.runs import RunFolder
+from lowrank_rlvr.tables import MISSING, markdown_table, percent
 
-WINDOW = 10  # logged steps in the trailing mean of the training curves (report.py's default)
 SIGNIFICANT_SE = 2.0  # a difference beyond this many standard errors is marked
 
 
@@ -58,8 +60,7 @@ class HeldOut:
 
     def counted(self) -> list[str]:
         """The benchmarks an average is taken over: the paper's ones, or the generated ones when there are none."""
-        paper = [name for name in self.accuracy if name not in GENERATED_BENCHMARKS]
-        return paper or list(self.accuracy)
+        return paper_benchmarks(self.accuracy) or list(self.accuracy)
 
     @property
     def average(self) -> float:
@@ -186,13 +187,13 @@ def benchmark_names(runs: list[ComparedRun]) -> list[str]:
 
 def _cell(value: float | None, error: float | None, treatment: tuple[float | None, float | None] | None) -> str:
     if value is None:
-        return "-"
-    text = f"{100 * value:.1f}" + (f" ± {100 * error:.1f}" if error is not None else "")
+        return MISSING
+    text = percent(value) + (f" ± {percent(error)}" if error is not None else "")
     if treatment is not None and treatment[0] is not None:
         delta = value - treatment[0]
         delta_error = difference_standard_error(error, treatment[1])
         mark = " *" if delta_error is not None and abs(delta) > SIGNIFICANT_SE * delta_error else ""
-        spread = f" ± {100 * delta_error:.1f}" if delta_error is not None else ""
+        spread = f" ± {percent(delta_error)}" if delta_error is not None else ""
         text += f" ({100 * delta:+.1f}{spread}{mark})"
     return text
 
@@ -200,35 +201,39 @@ def _cell(value: float | None, error: float | None, treatment: tuple[float | Non
 def held_out_table(runs: list[ComparedRun], which: str) -> str:
     """Markdown: one row per run at its `which` ('final' or 'best') checkpoint, differences from the first run."""
     names = benchmark_names(runs)
-    counted = [n for n in names if n not in GENERATED_BENCHMARKS] or names
+    counted = paper_benchmarks(names) or names
     header = ["run", "reward", "step", *names, f"average ({', '.join(counted)})" if len(counted) < 6 else "average"]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---:|" * (len(names) + 1)]
+    rows = []
     base = runs[0].base
     if base is not None:
         cells = [_cell(base.accuracy.get(n), base.standard_error(n) if n in base.accuracy else None, None) for n in names]
-        lines.append(f"| base (step 0 of {runs[0].label}) | - | 0 | " + " | ".join(cells)
-                     + f" | {_cell(base.average, base.average_standard_error(), None)} |")
+        rows.append([f"base (step 0 of {runs[0].label})", "-", 0, *cells,
+                     _cell(base.average, base.average_standard_error(), None)])
     treatment = getattr(runs[0], which)
     for number, run in enumerate(runs):
-        held = getattr(run, which)
-        cells = []
-        for name in names:
-            if name not in held.accuracy:
-                cells.append("-")
-                continue
-            reference = None
-            if number and name in treatment.accuracy:
-                reference = (treatment.accuracy[name], treatment.standard_error(name))
-            cells.append(_cell(held.accuracy[name], held.standard_error(name), reference))
-        average_reference = (treatment.average, treatment.average_standard_error()) if number else None
         label = f"{run.label} (treatment)" if number == 0 else run.label
-        lines.append(f"| {label} | {run.reward_kind} | {held.step} | " + " | ".join(cells)
-                     + f" | {_cell(held.average, held.average_standard_error(), average_reference)} |")
-    lines += _paper_rows(runs, names, counted)
-    return "\n".join(lines)
+        held = getattr(run, which)
+        rows.append([label, run.reward_kind, held.step, *_held_out_cells(held, names, treatment if number else None)])
+    rows += _paper_rows(runs, names, counted)
+    return markdown_table(header, rows, left=2)
 
 
-def _paper_rows(runs: list[ComparedRun], names: list[str], counted: list[str]) -> list[str]:
+def _held_out_cells(held: HeldOut, names: list[str], treatment: HeldOut | None) -> list[str]:
+    """One run's cells: each benchmark and the average, with its difference from `treatment` when given."""
+    cells = []
+    for name in names:
+        if name not in held.accuracy:
+            cells.append(MISSING)
+            continue
+        reference = None
+        if treatment is not None and name in treatment.accuracy:
+            reference = (treatment.accuracy[name], treatment.standard_error(name))
+        cells.append(_cell(held.accuracy[name], held.standard_error(name), reference))
+    average_reference = (treatment.average, treatment.average_standard_error()) if treatment is not None else None
+    return cells + [_cell(held.average, held.average_standard_error(), average_reference)]
+
+
+def _paper_rows(runs: list[ComparedRun], names: list[str], counted: list[str]) -> list[list[str]]:
     rows, seen = [], set()
     for run in runs:
         for step in (0, None):
@@ -236,22 +241,20 @@ def _paper_rows(runs: list[ComparedRun], names: list[str], counted: list[str]) -
             if paper is None or paper.label in seen:
                 continue
             seen.add(paper.label)
-            cells = ["-" if paper.benchmarks.get(n) is None else f"{paper.benchmarks[n]:.1f}" for n in names]
-            average = comparable_average(paper, counted)
-            rows.append(f"| {paper.label} | | | " + " | ".join(cells) + f" | {'-' if average is None else f'{average:.1f}'} |")
+            rows.append([paper.label, "", "", *reference_cells(paper, names, counted)])
     return rows
 
 
 def training_table(runs: list[ComparedRun]) -> str:
     """Markdown: steps logged and the trailing means of training reward and accuracy at the end, per run."""
-    lines = ["| run | reward | steps | training reward | training accuracy |", "|---|---|---:|---:|---:|"]
+    rows = []
     for run in runs:
         cells = []
         for key in ("reward_mean", "train_accuracy"):
             _, values = series(run.logs.metrics, key)
-            cells.append(f"{trailing_mean(values, WINDOW)[-1]:.3f}" if values else "-")
-        lines.append(f"| {run.label} | {run.reward_kind} | {run.logs.metrics[-1]['step']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append(f"{trailing_mean(values, TRAILING_WINDOW)[-1]:.3f}" if values else MISSING)
+        rows.append([run.label, run.reward_kind, run.logs.metrics[-1]["step"], *cells])
+    return markdown_table(["run", "reward", "steps", "training reward", "training accuracy"], rows, left=2)
 
 
 def markdown(runs: list[ComparedRun]) -> str:
@@ -263,7 +266,7 @@ def markdown(runs: list[ComparedRun]) -> str:
         held_out_table(runs, "final"),
         "held-out accuracy (%) at each run's best checkpoint (chosen on these same problems: optimistic)",
         held_out_table(runs, "best"),
-        f"training, mean of the last {WINDOW} logged steps",
+        f"training, mean of the last {TRAILING_WINDOW} logged steps",
         training_table(runs),
     ]
     if any(reference_for_run(run.logs.config or None, step=0) for run in runs):
@@ -287,14 +290,14 @@ def plot_training(runs: list[ComparedRun], key: str, ylabel: str, path: Path) ->
         drawn = True
         color = f"C{number % 10}"
         ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
-        ax.plot(steps, trailing_mean(values, WINDOW), color=color, linewidth=2,
+        ax.plot(steps, trailing_mean(values, TRAILING_WINDOW), color=color, linewidth=2,
                 label=f"{run.label} ({run.reward_kind})")
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{ylabel} (mean of {WINDOW} steps bold)", fontsize=10)
+    ax.set_title(f"{ylabel} (mean of {TRAILING_WINDOW} steps bold)", fontsize=10)
     ax.legend(loc="best", fontsize=7.5, framealpha=0.85)
     return save_figure(plt, fig, path)
 
@@ -346,7 +349,7 @@ def plot_final(runs: list[ComparedRun], path: Path) -> Path:
 # -- the command -------------------------------------------------------------------------------------------------
 
 
-def compare_runs(run_dirs: list[Path], output_dir: Path | None = None) -> tuple[str, Path]:
+def compare_command(run_dirs: list[Path], output_dir: Path | None = None) -> tuple[str, Path]:
     """`lowrank-rlvr compare`: read and check every run, draw, write the page and the table; (markdown, page)."""
     runs = load_runs(run_dirs)
     out = writable_dir(Path(output_dir) if output_dir else RunFolder(runs[0].logs.run_dir).comparison_dir,

@@ -18,19 +18,26 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
 from lowrank_rlvr.files import read_text
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS
 from lowrank_rlvr.shipped import config_dir, shipped_train_file
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE, TEMPLATES
 
 CONFIG_DIR = config_dir()  # the repository's configs/, or the copy inside an installed wheel
 DEFAULT_CONFIG = CONFIG_DIR / "qwen2.5-math-1.5b-pi1.yaml"
-TINY_MODEL = "builtin:tiny-qwen2"
-# The paper's sampling settings, shared by training (GRPOSettings) and evaluation (`eval`, `select --estimate`).
-PAPER_TEMPERATURE = 0.6
-PAPER_MAX_COMPLETION_LENGTH = 3072
-DEFAULT_TEMPLATE = "qwen-math-cot"
-SMOLLM2_MODEL = "builtin:smollm2-135m"
+ALL_LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # 'all-linear'
+# reward.kind -> the reward functions TRL computes, in order, each with its weight in the trained reward (TRL sums
+# weight x reward). `accuracy` is in every row: it is `train_accuracy`, the measurement, and trains only where its
+# weight is not 0. Under 'zero' every weight is 0, so every advantage is 0 (why it still trains: `reward_funcs.py`).
+REWARD_TERMS: dict[str, tuple[tuple[str, float], ...]] = {
+    "accuracy": (("accuracy", 1.0),),
+    "format": (("format", 1.0), ("accuracy", 0.0)),
+    "format+accuracy": (("format", 1.0), ("accuracy", 1.0)),
+    "random": (("random", 1.0), ("accuracy", 0.0)),
+    "zero": (("accuracy", 0.0),),
+}
 # unsloth_zoo 2026.10.9's vLLM load (vllm_utils.py:4633-4634) takes only float16 / bfloat16: `raise
 # NotImplementedError(f"Unsloth: We do not support dtype = {dtype} yet!")` (without vLLM, llama.py:3620 allows float32).
 UNSLOTH_FLOAT32 = (
@@ -82,6 +89,11 @@ class ModelSettings(_Section):
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
 
+    def float32_in_unsloth_vllm(self, backend: str) -> bool:
+        """float32 on Unsloth's vLLM engine, which cannot run it (UNSLOTH_FLOAT32): checked for an explicit backend
+        at load, for 'auto' once it has become one (`backends.check_dtype`)."""
+        return backend == "unsloth" and self.fast_inference and self.dtype == "float32"
+
     @model_validator(mode="after")
     def _standby_needs_vllm(self) -> ModelSettings:
         if self.vllm_standby and not self.fast_inference:
@@ -90,21 +102,25 @@ class ModelSettings(_Section):
 
 
 class LoraSettings(_Section):
-    r: int = Field(16, ge=1, description="LoRA rank. RL updates are low-rank: ranks 8-32 match full fine-tuning.")
+    r: int = Field(16, ge=1, description="LoRA rank: the adapter's capacity (and its size); 8-32 for RL.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (effective scale alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout; 0 keeps rollout and update policies equal.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Modules that get adapters; 'all-linear' = every attention and MLP projection."
     )
 
+    def modules(self) -> list[str]:
+        """The module names, 'all-linear' spelled out (ALL_LINEAR_MODULES)."""
+        return list(ALL_LINEAR_MODULES) if self.target_modules == "all-linear" else list(self.target_modules)
 
-class Example(_Section):
+
+class InlineExample(_Section):
     prompt: str = Field(description="The problem text (without the template).")
     answer: str = Field(description="Gold final answer, checked by math-verify.")
 
 
 class DataSettings(_Section):
-    examples: list[Example] | None = Field(None, description="Inline example(s). One of examples / path / dataset.")
+    examples: list[InlineExample] | None = Field(None, description="Inline example(s). One of examples / path / dataset.")
     path: str | None = Field(
         None,
         description="Local .jsonl or .parquet: simple layout ({problem|question|prompt, answer}) or verl layout "
@@ -121,7 +137,7 @@ class DataSettings(_Section):
         description="Drop examples without a gold answer (with a warning) instead of failing. The paper's DSR-sub "
         "pool has one (index 265); leave off for one-shot files, where a missing answer is a mistake.",
     )
-    template: Literal["qwen-math-cot", "chat", "plain"] = Field(
+    template: Literal[TEMPLATES] = Field(
         DEFAULT_TEMPLATE,
         description="'qwen-math-cot': Qwen2.5-Math system prompt 'Please reason step by step, and put your final "
         "answer within \\boxed{}.' in ChatML; 'chat': the tokenizer's own chat template; 'plain': raw text for base models.",
@@ -151,7 +167,7 @@ class DataSettings(_Section):
 
 
 class RewardSettings(_Section):
-    kind: Literal["accuracy", "format", "format+accuracy", "random", "zero"] = Field(
+    kind: Literal[tuple(REWARD_TERMS)] = Field(
         "accuracy",
         description="'accuracy': 1 if the last \\boxed{} equals the gold answer (math-verify), else 0. "
         "'format': 1 for any parsable \\boxed{} (the paper's format-correction baseline). 'format+accuracy': their "
@@ -167,14 +183,14 @@ class RewardSettings(_Section):
     )
     require_simplified_answer: bool = Field(
         False,
-        description="Score 0 (any kind) for a final answer that is arithmetic left undone, e.g. \\boxed{17+25}: "
-        "math-verify counts it equal to its value, and SmolLM2-135M learned from one example to restate the question "
-        "instead of answering it (benchmarks/README.md).",
+        description="Score 0 (any kind) for a final answer that is arithmetic left undone, e.g. \\boxed{17+25}, which "
+        "math-verify counts equal to its value. Turn on when the problems are arithmetic a model can restate instead "
+        "of answering (benchmarks/README.md, 'The echo').",
     )
     timeout_seconds: float = Field(
-        DEFAULT_TIMEOUT_SECONDS, gt=0, description="Hard time limit for grading one completion."
+        GRADER_TIMEOUT_SECONDS, gt=0, description="Hard time limit for grading one completion."
     )
-    workers: int = Field(DEFAULT_GRADER_WORKERS, ge=1, description="Grading worker processes.")
+    workers: int = Field(GRADER_WORKERS, ge=1, description="Grading worker processes.")
 
 
 Tracker = Literal["none", "tensorboard", "wandb", "trackio"]
@@ -211,7 +227,8 @@ class GRPOSettings(_Section):
         1e-8,
         gt=0,
         description="AdamW's epsilon: a coordinate whose gradient stays well below it moves by ~lr x gradient / epsilon "
-        "instead of a full lr-sized step (Adam rescales even tiny entropy/KL-only gradients to full-size steps).",
+        "instead of a full lr-sized step. Raise it (the tiny demo: 1e-4) when steps driven only by the entropy bonus "
+        "and KL break the answer format (benchmarks/README.md, 'Does the tiny demo learn?').",
     )
     max_steps: int = Field(500, ge=1, description="Optimizer steps to train.")
     save_steps: int = Field(50, ge=1, description="Write checkpoint-N every this many steps.")
@@ -284,7 +301,7 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _backend_can_run(self) -> RunConfig:
         m = self.model
-        if m.backend == "unsloth" and m.fast_inference and m.dtype == "float32":
+        if m.float32_in_unsloth_vllm(m.backend):
             raise ValueError(f"model.dtype: {UNSLOTH_FLOAT32}")
         # trl 1.14.2 starts TRL's vLLM with quantization="bitsandbytes" for a 4-bit model and syncs the merged
         # weights as `param.data` (trl/generation/vllm_generation.py:341, 467, 511): packed 4-bit tensors without

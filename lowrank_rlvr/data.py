@@ -1,13 +1,11 @@
-"""One-shot example(s) from inline config, JSONL/parquet or the Hub; prompt templates; repetition to fill the batch.
+"""One-shot example(s) from inline config, JSONL/parquet or the Hub, and their repetition to fill the batch.
 
 Two row layouts are read, from any source:
 - simple: `{"problem" | "question" | "prompt": str, "answer": str | number, "index"?: int}`
 - verl (the paper's parquet files): `{"prompt": [{"role": "user", "content": ...}], "reward_model": {"ground_truth": ...},
   "extra_info": {"index": ...}}`
 
-Example:
-    >>> render_prompt("What is 1+1?", "plain")
-    "Question: What is 1+1?\\nAnswer: Let's think step by step."
+The prompt templates are `lowrank_rlvr.templates`.
 """
 
 from __future__ import annotations
@@ -19,10 +17,9 @@ from typing import Any
 
 from lowrank_rlvr.config import DataSettings
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import read_jsonl, read_parquet
 from lowrank_rlvr.rewards import answer_text
-from lowrank_rlvr.runs import read_jsonl
-
-QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+from lowrank_rlvr.templates import render_prompt
 
 
 @dataclass(frozen=True)
@@ -30,23 +27,6 @@ class Example:
     index: int  # pool index (verl extra_info.index) or row number
     prompt: str  # the problem text, without template
     answer: str  # gold final answer
-
-
-def render_prompt(problem: str, template: str, tokenizer: Any = None) -> str:
-    """The text the model sees before its answer. The same function serves training and evaluation."""
-    if template == "qwen-math-cot":
-        return (
-            f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
-        )
-    if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise UserError("template 'chat' needs a tokenizer with a chat template (use 'plain' for base models)")
-        messages = [{"role": "user", "content": problem}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if template == "plain":
-        return f"Question: {problem}\nAnswer: Let's think step by step."
-    raise UserError(f"unknown template {template!r} (choose qwen-math-cot, chat, plain)")
 
 
 def load_examples(data: DataSettings) -> list[Example]:
@@ -91,8 +71,6 @@ def load_examples(data: DataSettings) -> list[Example]:
 def read_rows(path: Path) -> list[dict]:
     """Rows of a .jsonl or .parquet file as dicts (UserError naming the file: a broken line, a truncated parquet)."""
     if path.suffix == ".parquet":
-        from lowrank_rlvr.files import read_parquet
-
         return read_parquet(path, "data file")
     return [row for _, row in read_jsonl(path)]
 

@@ -1,12 +1,13 @@
-"""The doctor (`lowrank-rlvr plan --env`): versions, the GPU, the backend `auto` picks, known-bad combinations."""
+"""The doctor (`lowrank-rlvr plan --env`, `env_command`): versions, the GPU, the backend `auto` picks, and the
+combinations known not to work."""
 
 from __future__ import annotations
 
 import os
 
-from lowrank_rlvr.runtime import NvidiaDriver, choose_backend, has_bf16, nvidia_driver
-
-GiB = 1024**3
+from lowrank_rlvr.backends import choose_backend
+from lowrank_rlvr.plan import GiB
+from lowrank_rlvr.runtime import NvidiaDriver, has_bf16, nvidia_driver
 
 DOCTOR_PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo", "vllm",
@@ -14,7 +15,7 @@ DOCTOR_PACKAGES = (
 )
 
 
-def environment_report() -> str:
+def env_command() -> str:
     """Versions, the GPU, the backend `auto` picks, and warnings about combinations known not to work."""
     import platform
 

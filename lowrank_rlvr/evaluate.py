@@ -20,30 +20,38 @@ whose responses are already in the jsonl, made with the same settings, are not g
 
 The checkpoint sweep (`eval --run RUN`) loads the base once and switches adapters, and evaluates only checkpoints
 that were completely written.
+
+Reading order: `EvalOptions` (the flags, checked once) -> `eval_command` -> `run_eval` (one model) or `run_sweep` (a
+run's checkpoints) -> `load_suite` -> `evaluate_suite` (resume, generate and grade by chunk, write the report) -> the
+printed tables (`report_table`, `step_table`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from lowrank_rlvr.adapters import Adapter, read_adapter
 from lowrank_rlvr.benchmarks import (
-    BENCHMARKS, GENERATED_BENCHMARKS, Problem, benchmark_source, load_benchmark, parse_benchmarks,
+    GENERATED_BENCHMARKS, GREEDY_BENCHMARKS, SAMPLED_COUNT, Problem, average_accuracy, benchmark_source, load_benchmark, paper_benchmarks,
+    parse_benchmarks,
 )
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
+from lowrank_rlvr.builtin import SMOLLM2_MODEL, TINY_MODEL, resolve_model_path
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_adapter_config, writable_dir, writable_file
-from lowrank_rlvr.generation import Sampling, choose_sampler, open_generator
-from lowrank_rlvr.paper import SOURCE, comparable_average, read_run_config, reference, reference_for_run
-from lowrank_rlvr.random_calculation import RandomCalculation
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, Grader, restates_question
-from lowrank_rlvr.runs import EVAL_REPORT, RunFolder, read_jsonl
+from lowrank_rlvr.files import appended_log, atomic_output, check_model, read_jsonl, writable_dir, writable_file
+from lowrank_rlvr.generation import Completion, Sampling, check_sampler_name, choose_sampler, open_generator
+from lowrank_rlvr.grading import Grader
+from lowrank_rlvr.paper import SOURCE, PaperRow, comparable_average, reference, reference_cells, reference_for_run
+from lowrank_rlvr.random_calculation import DEFAULT_DIFFICULTY, DEFAULT_SEED, RandomCalculation
+from lowrank_rlvr.rewards import GradeResult, restates_question
+from lowrank_rlvr.runs import EVAL_REPORT, RunFolder
+from lowrank_rlvr.tables import markdown_table, percent
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE, render_prompt
 
-GREEDY_BENCHMARKS = ("math500", "minerva_math", "olympiadbench", "random_calculation")
-SAMPLED_COUNT = 8  # AIME24, AIME25, AMC23: 8 samples at the paper's temperature, accuracy = mean ("avg@8")
 
 
 def protocol_sampling(
@@ -68,7 +76,280 @@ def protocol_sampling(
     return Sampling(count, float(temp), float(p), max_tokens)
 
 
-# ----------------------------------------------------------------------------------------------------------- outputs
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `lowrank-rlvr eval` was asked for (its flags), checked once when it is made.
+
+    `model` may be None with `run` (the run's base); `template` None means the default, or with `run` the run's.
+    """
+
+    model: str | None = None
+    adapter: Path | None = None
+    run: Path | None = None
+    benchmarks: str | None = None  # comma-separated names; None: the paper's six
+    data_dir: Path | None = None
+    hub: bool = False
+    limit: int | None = None
+    samples: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int = PAPER_MAX_COMPLETION_LENGTH
+    template: str | None = None
+    backend: str = "auto"
+    output: Path | None = None
+    seed: int = 0
+    batch_size: int = 8
+    grader_workers: int = GRADER_WORKERS
+    grader_timeout: float = GRADER_TIMEOUT_SECONDS
+    difficulty: int = DEFAULT_DIFFICULTY  # random_calculation
+    calculation_seed: int = DEFAULT_SEED  # random_calculation
+
+    def __post_init__(self):
+        if self.run is not None and (self.adapter is not None or self.output is not None):
+            raise UserError("--run evaluates every checkpoint of the run: drop --adapter and --output")
+        if self.run is None and self.model is None:
+            raise UserError(f"give MODEL (a Hub id, a folder, {TINY_MODEL} or {SMOLLM2_MODEL}), or --run RUN")
+        check_sampler_name(self.backend)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1 (got {self.limit})")
+        for name in self.benchmark_names():
+            self.sampling(name)
+        self.random_calculation()
+
+    def benchmark_names(self) -> list[str]:
+        return parse_benchmarks(self.benchmarks)
+
+    def sampling(self, name: str) -> Sampling:
+        return protocol_sampling(name, self.samples, self.temperature, self.top_p, self.max_tokens)
+
+    def random_calculation(self) -> RandomCalculation:
+        return RandomCalculation(seed=self.calculation_seed, difficulty=self.difficulty)
+
+
+@dataclass(frozen=True)
+class LoadedBenchmark:
+    name: str
+    problems: list[Problem]  # the first --limit ones
+    sampling: Sampling
+    source: str  # the file read, the Hub id, or the generator's settings: recorded with every answer
+
+
+def eval_command(options: EvalOptions) -> str:
+    """`lowrank-rlvr eval`: one evaluation (MODEL [--adapter]) or a checkpoint sweep (--run); returns what to print."""
+    if options.run is not None:
+        lines = run_sweep(options)
+        run = RunFolder(options.run)
+        return step_table(lines, run.config_data(), options.model) + f"\n\naccuracy by step: {run.eval_by_step_path}"
+    report = run_eval(options)
+    settings = report["settings"]
+    return (report_table(report, _paper_reference(options.model, options.adapter))
+            + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}")
+
+
+def run_eval(options: EvalOptions) -> dict:
+    """Evaluate `options.model` (+ `options.adapter`) and write the report and the responses; returns the report.
+    Benchmarks come from `data_dir`, the Hub (`hub`), else the paper's files (`lowrank_rlvr.benchmarks`)."""
+    options = replace(options, template=options.template or DEFAULT_TEMPLATE)
+    adapters = [read_adapter(options.adapter)] if options.adapter is not None else []  # damaged: fail before the model
+    adapter_dir = adapters[0].path if adapters else None
+    sampler = choose_sampler(options.backend, adapters)  # before any download
+    suite = load_suite(options)
+    report_path = writable_file(options.output if options.output is not None else default_output(adapter_dir),
+                                "--output")
+    writable_file(responses_path(report_path), "responses file")
+    generator = _open_model(options, sampler, adapters)  # the model is checked before any output is written
+    with Grader(workers=options.grader_workers, timeout_seconds=options.grader_timeout) as grader:
+        return evaluate_suite(generator, grader, options, adapter_dir, suite, report_path)
+
+
+def run_sweep(options: EvalOptions) -> list[dict]:
+    """Evaluate the base (step 0), every `checkpoint-N` and the final `adapter/` (step grpo.max_steps, unless a
+    checkpoint has that step) of the run `options.run`; write RUN/eval_by_step.jsonl, one line per step, rewritten
+    after each step."""
+    run = RunFolder.existing(options.run)
+    cfg = run.read_config()
+    steps = _sweep_steps(run, cfg)
+    adapters = [read_adapter(path) for _, path in steps]
+    model = options.model or (cfg.model.name_or_path if cfg else None) or adapters[steps.index(max(steps))].base
+    if not model:
+        raise UserError(f"{run.path}: cannot tell the base model (no config.yaml); give MODEL")
+    template = options.template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
+    options = replace(options, model=model, template=template)  # the run's, where the command line names none
+    sampler = choose_sampler(options.backend, adapters)  # before any download
+    suite = load_suite(options)
+    writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
+    writable_file(run.eval_by_step_path, "sweep results file")
+    generator = _open_model(options, sampler, adapters)
+    lines: list[dict] = []
+    with Grader(workers=options.grader_workers, timeout_seconds=options.grader_timeout) as grader:
+        for step, adapter_dir in [(0, None), *sorted(steps)]:
+            report = evaluate_suite(generator, grader, options, adapter_dir, suite, run.eval_step_report(step))
+            lines.append({
+                "step": step,
+                "benchmarks": {name: result["accuracy"] for name, result in report["benchmarks"].items()},
+                "average": report["average"],
+            })
+            run.write_eval_by_step(lines)
+    return lines
+
+
+def _sweep_steps(run: RunFolder, cfg: Any) -> list[tuple[int, Path]]:
+    """(step, adapter folder) of every complete checkpoint, and of `adapter/` at grpo.max_steps when no checkpoint
+    has that step (the steps trained after the last checkpoint)."""
+    steps = [(c.step, c.path.resolve()) for c in run.checkpoints()]  # complete ones only
+    final_step = cfg.grpo.max_steps if cfg else None
+    if (run.adapter_dir / "adapter_config.json").is_file() and final_step and final_step not in dict(steps):
+        steps.append((final_step, run.adapter_dir.resolve()))
+    if not steps:
+        raise UserError(f"{run.path}: no complete checkpoint-N folders (train with grpo.save_steps to write them)")
+    return steps
+
+
+def _open_model(options: EvalOptions, sampler: str, adapters: list[Adapter]) -> Any:
+    """The generator for `options.model`, whose files are checked first (a missing or damaged model: one line)."""
+    model_path = resolve_model_path(options.model)
+    check_model(model_path, "model", shown=options.model)
+    return open_generator(sampler, model_path, adapters, options.seed, options.batch_size)
+
+
+def load_suite(options: EvalOptions) -> list[LoadedBenchmark]:
+    """Every benchmark asked for, its problems (the first --limit), its sampling and where it came from."""
+    suite = []
+    for name in options.benchmark_names():
+        if name in GENERATED_BENCHMARKS:  # made here from a seed (--calculation-seed, --difficulty), not read
+            calculation = options.random_calculation()
+            problems, source = calculation.problems(), calculation.source
+        else:
+            problems = load_benchmark(name, options.data_dir, options.hub)
+            source = benchmark_source(name, options.data_dir, options.hub)
+        problems = problems[: options.limit] if options.limit else problems
+        suite.append(LoadedBenchmark(name, problems, options.sampling(name), source))
+    return suite
+
+
+# -------------------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_suite(
+    generator: Any, grader: Grader, options: EvalOptions, adapter_dir: Path | None, suite: list[LoadedBenchmark],
+    report_path: Path,
+) -> dict:
+    """Generate what the jsonl at `report_path` lacks, grade it, append it; then write and return the report.
+    `options` has its model and template filled in; `adapter_dir` None is the base model alone."""
+    adapter = str(adapter_dir) if adapter_dir else None
+    jsonl = responses_path(report_path)
+    previous = read_records(jsonl)
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    with appended_log(jsonl) as sink, _progress_bar() as progress:
+        for benchmark in suite:
+            key = settings_key(options.model, adapter, options.template, benchmark.sampling)
+            records, todo = _resume(previous, benchmark, key, jsonl)
+            task = progress.add_task(benchmark.name, total=len(benchmark.problems),
+                                     completed=len(benchmark.problems) - len(todo))
+            for chunk in _chunks(todo, generator.chunk_size):
+                new = _generate_and_grade(generator, grader, options, adapter_dir, benchmark, key, chunk)
+                sink.write("".join(json.dumps(record) + "\n" for record in new))
+                sink.flush()
+                records += new
+                progress.advance(task, len(chunk))
+            results[benchmark.name] = {
+                **benchmark_result(benchmark.problems, records, benchmark.sampling), "source": benchmark.source,
+            }
+    report = _report(options, adapter, results, generator, report_path)
+    with atomic_output(report_path) as staging:
+        staging.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _progress_bar() -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _resume(
+    previous: list[dict], benchmark: LoadedBenchmark, key: str, jsonl: Path
+) -> tuple[list[dict], list[Problem]]:
+    """(the records of problems already answered in full, the problems still to generate). A problem with only some
+    of its samples is generated again."""
+    records = _matching_records(previous, benchmark.name, key, jsonl)
+    done = _complete_ids(records, benchmark.sampling.num_samples)
+    todo = [p for p in benchmark.problems if p.id not in done]
+    return [r for r in records if r["id"] in done], todo
+
+
+def _generate_and_grade(
+    generator: Any, grader: Grader, options: EvalOptions, adapter_dir: Path | None, benchmark: LoadedBenchmark,
+    key: str, chunk: list[Problem],
+) -> list[dict]:
+    """One record per (problem, sample) of `chunk`: the response and its reward."""
+    prompts = [render_prompt(p.problem, options.template, generator.tokenizer) for p in chunk]
+    completions = generator.generate(prompts, benchmark.sampling, adapter_dir, options.seed)
+    flat = [(p, k, c) for p, row in zip(chunk, completions, strict=True) for k, c in enumerate(row)]
+    grades = grader.grade([c.text for _, _, c in flat], [p.answer for p, _, _ in flat], kind="accuracy")
+    return [
+        _record(benchmark, key, problem, sample, completion, grade)
+        for (problem, sample, completion), grade in zip(flat, grades, strict=True)
+    ]
+
+
+def _record(
+    benchmark: LoadedBenchmark, key: str, problem: Problem, sample: int, completion: Completion, grade: GradeResult
+) -> dict:
+    return {
+        "benchmark": benchmark.name, "source": benchmark.source, "id": problem.id, "sample": sample, "key": key,
+        "answer": problem.answer, "extracted": grade.extracted, "reward": float(grade.reward),
+        "timed_out": bool(grade.timed_out), "num_tokens": len(completion.token_ids),
+        "truncated": completion.truncated, "skipped": completion.skipped, "response": completion.text,
+        # `\boxed{18+46}` for "What is 18+46?": math-verify scores it right, nothing was computed
+        "restates_question": bool(grade.extracted and restates_question(grade.extracted, problem.problem)),
+    }
+
+
+def _report(options: EvalOptions, adapter: str | None, results: dict[str, dict], generator: Any,
+            report_path: Path) -> dict:
+    """The report JSON: per-benchmark results, their average and the settings that made them."""
+    return {
+        "model": options.model,
+        "adapter": adapter,
+        "benchmarks": results,
+        "average": average_accuracy({name: result["accuracy"] for name, result in results.items()}),
+        "settings": {
+            "backend": generator.backend, "template": options.template, "max_tokens": options.max_tokens,
+            "seed": options.seed, "data_dir": str(options.data_dir) if options.data_dir else None,
+            "limit": options.limit, "dtype": generator.dtype,
+            "report": str(report_path), "responses": str(responses_path(report_path)),
+        },
+    }
+
+
+def benchmark_result(problems: list[Problem], records: list[dict], sampling: Sampling) -> dict:
+    """Accuracy of one benchmark = mean reward over every (problem, sample) response."""
+    wanted = {p.id for p in problems}
+    mine = [r for r in records if r["id"] in wanted]
+    rewards = [r["reward"] for r in mine]
+    lengths = [r["num_tokens"] for r in mine]
+    return {
+        "accuracy": sum(rewards) / len(rewards) if rewards else 0.0,
+        "num_problems": len(problems),
+        "num_samples": sampling.num_samples,
+        "num_responses": len(mine),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "mean_response_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
+        "truncated": sum(r["truncated"] for r in mine),
+        "grading_timeouts": sum(r["timed_out"] for r in mine),
+        "skipped": sum(r.get("skipped", False) for r in mine),
+        "restated_question": sum(r.get("restates_question", False) for r in mine),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- outputs and resume
 
 
 def default_output(adapter: str | Path | None) -> Path:
@@ -112,330 +393,6 @@ def _has_torn_tail(path: Path) -> bool:
         return handle.read(1) != b"\n"
 
 
-def summarize(name: str, problems: list[Problem], records: list[dict], sampling: Sampling) -> dict:
-    """Accuracy of one benchmark = mean reward over every (problem, sample) response."""
-    wanted = {p.id for p in problems}
-    mine = [r for r in records if r["id"] in wanted]
-    rewards = [r["reward"] for r in mine]
-    lengths = [r["num_tokens"] for r in mine]
-    return {
-        "accuracy": sum(rewards) / len(rewards) if rewards else 0.0,
-        "num_problems": len(problems),
-        "num_samples": sampling.num_samples,
-        "num_responses": len(mine),
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "mean_response_tokens": sum(lengths) / len(lengths) if lengths else 0.0,
-        "truncated": sum(r["truncated"] for r in mine),
-        "grading_timeouts": sum(r["timed_out"] for r in mine),
-        "skipped": sum(r.get("skipped", False) for r in mine),
-        "restated_question": sum(r.get("restates_question", False) for r in mine),
-    }
-
-
-def markdown_table(report: dict, paper: Any = None) -> str:
-    """Our accuracies (%), with the paper's beside them when `paper` (a `lowrank_rlvr.paper.PaperRow`) is given; a
-    note under it when answers merely restate their question."""
-    restated = sum(result.get("restated_question", 0) for result in report["benchmarks"].values())
-    note = (f"\n\nnote: {restated} answer(s) restate their question (e.g. \\boxed{{18+46}} for 18+46), which math-verify "
-            "counts as right; see `restates_question` in the responses file" if restated else "")
-    return _table(report, paper) + note
-
-
-def _table(report: dict, paper: Any) -> str:
-    if paper is None:
-        rows = ["| benchmark | accuracy | problems | samples |", "|---|---:|---:|---:|"]
-        for name, result in report["benchmarks"].items():
-            rows.append(f"| {name} | {100 * result['accuracy']:.1f} | {result['num_problems']} | {result['num_samples']} |")
-        rows.append(f"| **average** | **{_percent(report['average'])}** | | |")
-        return "\n".join(rows) + _generated_note(report)
-    rows = [f"| benchmark | accuracy | {paper.label} | problems | samples |", "|---|---:|---:|---:|---:|"]
-    for name, result in report["benchmarks"].items():
-        theirs = paper.benchmarks.get(name)
-        rows.append(
-            f"| {name} | {100 * result['accuracy']:.1f} | {'-' if theirs is None else f'{theirs:.1f}'} | "
-            f"{result['num_problems']} | {result['num_samples']} |"
-        )
-    theirs = comparable_average(paper, paper_benchmarks(report["benchmarks"])) if report["average"] is not None else None
-    rows.append(f"| **average** | **{_percent(report['average'])}** | {'-' if theirs is None else f'{theirs:.1f}'} | | |")
-    subset = "" if theirs == paper.average else "; its average here is its mean over the benchmarks evaluated"
-    return ("\n".join(rows) + _generated_note(report)
-            + f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)")
-
-
-def paper_benchmarks(names) -> list[str]:
-    """The names among `names` that count in the average: the paper's six, not the generated ones."""
-    return [name for name in names if name in BENCHMARKS]
-
-
-def average_accuracy(results: dict[str, dict]) -> float | None:
-    """The mean accuracy over the paper's benchmarks evaluated (generated ones are reported beside it, never in it);
-    None when only generated benchmarks were evaluated."""
-    values = [results[name]["accuracy"] for name in paper_benchmarks(results)]
-    return sum(values) / len(values) if values else None
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def _generated_note(report: dict) -> str:
-    generated = [name for name in report["benchmarks"] if name in GENERATED_BENCHMARKS]
-    return f"\n\n{', '.join(generated)}: generated problems, not in the average" if generated else ""
-
-
-# -------------------------------------------------------------------------------------------------------- evaluation
-
-
-def run_eval_command(
-    model, adapter, run, benchmarks, data_dir, limit, samples, temperature, top_p, max_tokens, template, backend,
-    output, seed, batch_size, grader_workers=DEFAULT_GRADER_WORKERS, grader_timeout=DEFAULT_TIMEOUT_SECONDS, hub=False,
-    calculation: RandomCalculation | None = None,
-) -> str:
-    """`lowrank-rlvr eval`: one evaluation (MODEL [--adapter]) or a checkpoint sweep (--run); returns what to print."""
-    if backend not in ("auto", "vllm", "hf"):
-        raise UserError(f"unknown backend {backend!r} (choose vllm, hf or auto)")
-    common = dict(
-        benchmarks=benchmarks, data_dir=str(data_dir) if data_dir else None, hub=hub, limit=limit, samples=samples,
-        temperature=temperature, top_p=top_p, max_tokens=max_tokens, backend=backend, seed=seed, batch_size=batch_size,
-        grader_workers=grader_workers, grader_timeout=grader_timeout, calculation=calculation,
-    )
-    if run is not None:
-        if adapter is not None or output is not None:
-            raise UserError("--run evaluates every checkpoint of the run: drop --adapter and --output")
-        lines = run_sweep(run, model, template=template, **common)
-        names = list(lines[0]["benchmarks"])
-        table = ["| step | " + " | ".join(names) + " | average |", "|---:" * (len(names) + 2) + "|"]
-        for line in lines:
-            cells = " | ".join(f"{100 * acc:.1f}" for acc in line["benchmarks"].values())
-            table.append(f"| {line['step']} | {cells} | {_percent(line['average'])} |")
-        table += _paper_rows(read_run_config(run), model, names)  # '-' under a generated benchmark
-        return "\n".join(table) + f"\n\naccuracy by step: {RunFolder(run).eval_by_step_path}"
-    if model is None:
-        raise UserError("give MODEL (a Hub id, a folder, builtin:tiny-qwen2 or builtin:smollm2-135m), or --run RUN")
-    report = run_eval(
-        model, str(adapter) if adapter else None, output=output, template=template or DEFAULT_TEMPLATE, **common
-    )
-    settings = report["settings"]
-    if adapter is None:
-        paper = reference(model, "base")  # the base model alone: the paper's step 0
-    else:
-        paper = reference_for_run(read_run_config(Path(adapter).expanduser().resolve().parent), model=model)
-    return markdown_table(report, paper) + f"\n\nreport: {settings['report']}\nresponses: {settings['responses']}"
-
-
-def _paper_rows(run_config: dict | None, model: str | None, names: list[str]) -> list[str]:
-    """The paper's base and trained rows under the step table, when the run's model and example set match."""
-    rows = []
-    for step in (0, None):
-        paper = reference_for_run(run_config, model=model, step=step)
-        if paper is not None:
-            cells = " | ".join("-" if paper.benchmarks.get(n) is None else f"{paper.benchmarks[n]:.1f}" for n in names)
-            average = comparable_average(paper, paper_benchmarks(names)) if paper_benchmarks(names) else None
-            rows.append(f"| {paper.label} | {cells} | {'-' if average is None else f'{average:.1f}'} |")
-    return rows
-
-
-def run_eval(
-    model: str,
-    adapter: str | None = None,
-    benchmarks: str | None = None,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    samples: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    max_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
-    template: str = DEFAULT_TEMPLATE,
-    backend: str = "auto",
-    output: str | Path | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
-    grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
-    hub: bool = False,
-    calculation: RandomCalculation | None = None,
-) -> dict:
-    """Evaluate `model` (+ `adapter`) and write the report and the responses; returns the report. Benchmarks come
-    from `data_dir`, the Hub (`hub`), else the paper's files (`lowrank_rlvr.benchmarks`)."""
-    from lowrank_rlvr.model import resolve_model_path
-
-    names = parse_benchmarks(benchmarks)
-    adapter_dir = _check_adapter(adapter)
-    adapter_dirs = [adapter_dir] if adapter_dir else []
-    backend = choose_sampler(backend, adapter_dirs)  # before any download
-    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
-    report_path = writable_file(Path(output) if output is not None else default_output(adapter_dir), "--output")
-    writable_file(responses_path(report_path), "responses file")
-    check_model(resolve_model_path(model), "model", shown=model)  # before loading it, and before any output
-    generator = open_generator(backend, resolve_model_path(model), adapter_dirs, seed, batch_size)
-    with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
-        return evaluate_suite(
-            generator, grader, model, adapter_dir, suite, template, report_path, seed, data_dir, limit
-        )
-
-
-def run_sweep(
-    run_dir: str | Path,
-    model: str | None = None,
-    benchmarks: str | None = None,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    samples: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    max_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
-    template: str | None = None,
-    backend: str = "auto",
-    seed: int = 0,
-    batch_size: int = 8,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
-    grader_timeout: float = DEFAULT_TIMEOUT_SECONDS,
-    hub: bool = False,
-    calculation: RandomCalculation | None = None,
-) -> list[dict]:
-    """Evaluate the base (step 0), every `checkpoint-N` and the final `adapter/` (step grpo.max_steps, unless a
-    checkpoint has that step) of a run; write RUN/eval_by_step.jsonl, one line per step, rewritten after each step."""
-    from lowrank_rlvr.model import resolve_model_path
-
-    run = RunFolder(run_dir)
-    if run.path.is_file():
-        raise UserError(f"{run.path}: run folder is a file, expected a folder")
-    if not run.path.is_dir():
-        raise UserError(f"run folder not found: {run.path}")
-    cfg = run.read_config()
-    steps = [(c.step, c.path.resolve()) for c in run.checkpoints()]  # complete ones only
-    final_step = cfg.grpo.max_steps if cfg else None
-    if (run.adapter_dir / "adapter_config.json").is_file() and final_step and final_step not in dict(steps):
-        steps.append((final_step, run.adapter_dir.resolve()))  # the last steps after the last checkpoint
-    if not steps:
-        raise UserError(f"{run.path}: no complete checkpoint-N folders (train with grpo.save_steps to write them)")
-    model = model or (cfg.model.name_or_path if cfg else None) or _adapter_base(max(steps)[1])
-    if not model:
-        raise UserError(f"{run.path}: cannot tell the base model (no config.yaml); give MODEL")
-    template = template or (cfg.data.template if cfg else DEFAULT_TEMPLATE)
-    names = parse_benchmarks(benchmarks)
-    backend = choose_sampler(backend, [d for _, d in steps])  # before any download; checks every adapter
-    suite = _load_suite(names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation)
-    writable_dir(run.eval_step_report(0).parent, "sweep reports folder")
-    writable_file(run.eval_by_step_path, "sweep results file")
-    check_model(resolve_model_path(model), "model", shown=model)
-    generator = open_generator(backend, resolve_model_path(model), [d for _, d in steps], seed, batch_size)
-    lines: list[dict] = []
-    with Grader(workers=grader_workers, timeout_seconds=grader_timeout) as grader:
-        for step, adapter_dir in [(0, None), *sorted(steps)]:
-            report_path = run.eval_step_report(step)
-            report = evaluate_suite(
-                generator, grader, model, adapter_dir, suite, template, report_path, seed, data_dir, limit
-            )
-            lines.append({
-                "step": step,
-                "benchmarks": {name: result["accuracy"] for name, result in report["benchmarks"].items()},
-                "average": report["average"],
-            })
-            run.write_eval_by_step(lines)
-    return lines
-
-
-def evaluate_suite(
-    generator: Any,
-    grader: Grader,
-    model: str,
-    adapter_dir: Path | None,
-    suite: list[tuple[str, list[Problem], Sampling, str]],
-    template: str,
-    report_path: Path,
-    seed: int,
-    data_dir: str | None,
-    limit: int | None,
-) -> dict:
-    """Generate what the jsonl at `report_path` lacks, grade it, append it; then write and return the report."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from lowrank_rlvr.data import render_prompt
-
-    adapter = str(adapter_dir) if adapter_dir else None
-    jsonl = responses_path(report_path)
-    previous = read_records(jsonl)
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    console = Console(stderr=True)
-    with appended_log(jsonl) as sink, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-    ) as progress:
-        for name, problems, sampling, source in suite:
-            key = settings_key(model, adapter, template, sampling)
-            records = _matching_records(previous, name, key, jsonl)
-            done = _complete_ids(records, sampling.num_samples)
-            todo = [p for p in problems if p.id not in done]
-            task = progress.add_task(name, total=len(problems), completed=len(problems) - len(todo))
-            records = [r for r in records if r["id"] in done]  # drop partial problems: they are generated again
-            for chunk in _chunks(todo, generator.chunk_size):
-                prompts = [render_prompt(p.problem, template, generator.tokenizer) for p in chunk]
-                completions = generator.generate(prompts, sampling, adapter_dir, seed)
-                flat = [(p, k, c) for p, row in zip(chunk, completions, strict=True) for k, c in enumerate(row)]
-                grades = grader.grade([c.text for _, _, c in flat], [p.answer for p, _, _ in flat], kind="accuracy")
-                for (problem, sample, completion), grade in zip(flat, grades, strict=True):
-                    record = {
-                        "benchmark": name, "source": source, "id": problem.id, "sample": sample, "key": key,
-                        "answer": problem.answer, "extracted": grade.extracted, "reward": float(grade.reward),
-                        "timed_out": bool(grade.timed_out), "num_tokens": len(completion.token_ids),
-                        "truncated": completion.truncated, "skipped": completion.skipped, "response": completion.text,
-                        # `\boxed{18+46}` for "What is 18+46?": math-verify scores it right, nothing was computed
-                        "restates_question": bool(grade.extracted and restates_question(grade.extracted, problem.problem)),
-                    }
-                    sink.write(json.dumps(record) + "\n")
-                    records.append(record)
-                sink.flush()
-                progress.advance(task, len(chunk))
-            results[name] = {**summarize(name, problems, records, sampling), "source": source}
-    report = {
-        "model": model,
-        "adapter": adapter,
-        "benchmarks": results,
-        "average": average_accuracy(results),
-        "settings": {
-            "backend": generator.backend, "template": template, "max_tokens": suite[0][2].max_tokens, "seed": seed,
-            "data_dir": str(data_dir) if data_dir else None, "limit": limit, "dtype": generator.dtype,
-            "report": str(report_path), "responses": str(jsonl),
-        },
-    }
-    with atomic_output(report_path) as staging:
-        staging.write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def _load_suite(
-    names, data_dir, hub, limit, samples, temperature, top_p, max_tokens, calculation=None
-) -> list[tuple[str, list[Problem], Sampling, str]]:
-    """(name, problems, sampling, source) per benchmark; `source` (the file read, the Hub id, or the generator's
-    settings) goes with every answer."""
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1 (got {limit})")
-    suite = []
-    for name in names:
-        sampling = protocol_sampling(name, samples, temperature, top_p, max_tokens)
-        if name in GENERATED_BENCHMARKS:  # made here from a seed (--calculation-seed, --difficulty), not read
-            calculation = calculation or RandomCalculation()
-            problems = calculation.problems()
-            source = f"generated: seed {calculation.seed}, difficulty {calculation.difficulty}"
-        else:
-            problems, source = load_benchmark(name, data_dir, hub), benchmark_source(name, data_dir, hub)
-        suite.append((name, problems[:limit] if limit else problems, sampling, source))
-    return suite
-
-
-def _check_adapter(adapter: str | None) -> Path | None:
-    if adapter is None:
-        return None
-    adapter_dir = Path(adapter).expanduser()
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise UserError(f"--adapter {adapter}: no adapter_config.json there (give a peft adapter folder)")
-    read_adapter_config(adapter_dir)  # a damaged config or truncated weights fail here, before the model loads
-    return adapter_dir.resolve()
-
-
 def _matching_records(previous: list[dict], name: str, key: str, jsonl: Path) -> list[dict]:
     """This benchmark's earlier records, the last one per (problem, sample) (a re-generated partial problem wins)."""
     mine = [r for r in previous if r.get("benchmark") == name]
@@ -459,7 +416,60 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def _adapter_base(adapter_dir: Path) -> str | None:
-    return read_adapter_config(adapter_dir).get("base_model_name_or_path")
+# ------------------------------------------------------------------------------------------------------------ tables
 
 
+def report_table(report: dict, paper: PaperRow | None = None) -> str:
+    """Our accuracies (%), with the paper's beside them when `paper` is given; a note under it when answers merely
+    restate their question."""
+    restated = sum(result.get("restated_question", 0) for result in report["benchmarks"].values())
+    note = (f"\n\nnote: {restated} answer(s) restate their question (e.g. \\boxed{{18+46}} for 18+46), which math-verify "
+            "counts as right; see `restates_question` in the responses file" if restated else "")
+    return _accuracy_table(report, paper) + _generated_note(report) + _paper_note(report, paper) + note
+
+
+def _accuracy_table(report: dict, paper: PaperRow | None) -> str:
+    results = report["benchmarks"]
+    ours = [percent(result["accuracy"]) for result in results.values()]
+    counts = [[result["num_problems"], result["num_samples"]] for result in results.values()]
+    average = ["**average**", f"**{percent(report['average'])}**"]
+    if paper is None:
+        rows = [[name, accuracy, *count] for name, accuracy, count in zip(results, ours, counts)]
+        return markdown_table(["benchmark", "accuracy", "problems", "samples"], [*rows, [*average, "", ""]])
+    *theirs, their_average = reference_cells(paper, list(results))
+    rows = [[name, accuracy, cell, *count] for name, accuracy, cell, count in zip(results, ours, theirs, counts)]
+    return markdown_table(["benchmark", "accuracy", paper.label, "problems", "samples"],
+                          [*rows, [*average, their_average, "", ""]])
+
+
+def _paper_note(report: dict, paper: PaperRow | None) -> str:
+    if paper is None:
+        return ""
+    subset = ("" if comparable_average(paper, paper_benchmarks(report["benchmarks"])) == paper.average
+              else "; its average here is its mean over the benchmarks evaluated")
+    return f"\n\n{paper.label}: {SOURCE}{subset} (where our evaluation differs: lowrank_rlvr/paper.py)"
+
+
+def _generated_note(report: dict) -> str:
+    generated = [name for name in report["benchmarks"] if name in GENERATED_BENCHMARKS]
+    return f"\n\n{', '.join(generated)}: generated problems, not in the average" if generated else ""
+
+
+def step_table(lines: list[dict], run_config: dict | None, model: str | None) -> str:
+    """Accuracy (%) by step, one row per `eval_by_step.jsonl` line, and the paper's base and trained rows under it
+    when the run's model and example set match ('-' under a benchmark the paper has no figure for)."""
+    names = list(lines[0]["benchmarks"])
+    rows = [[line["step"], *map(percent, line["benchmarks"].values()), percent(line["average"])] for line in lines]
+    for step in (0, None):
+        paper = reference_for_run(run_config, model=model, step=step)
+        if paper is not None:
+            rows.append([paper.label, *reference_cells(paper, names)])
+    return markdown_table(["step", *names, "average"], rows, left=0)
+
+
+def _paper_reference(model: str, adapter: Path | None) -> PaperRow | None:
+    """The paper's row to set beside one evaluation: the base row for a base model alone, the trained row that the
+    adapter's run matches."""
+    if adapter is None:
+        return reference(model, "base")  # the paper's step 0
+    return reference_for_run(RunFolder(Path(adapter).expanduser().resolve().parent).config_data(), model=model)

@@ -9,7 +9,8 @@ before any work. `errors.input_error` at the CLI boundary is the safety net for 
 - outputs that cannot be written (a path under a regular file, a read-only folder, a folder where a file goes and
   back): `writable_file`, `writable_dir`, called before the work, not discovered after it;
 - files that are not what they claim (truncated, corrupted, binary, the wrong JSON shape): `read_text`, `read_json`,
-  `read_parquet`, `check_safetensors`, `check_model`, `read_adapter_config`, `check_checkpoint`;
+  `read_parquet`, `check_safetensors`, `check_model`, `check_checkpoint` (adapters: `adapters.py`);
+- JSONL with line numbers: `read_jsonl`;
 - nothing half-written: `atomic_output` (a staging file beside the target, renamed over it only once complete),
   `appended_log` (a resumable log that a failed first attempt does not leave behind empty).
 
@@ -28,11 +29,6 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from lowrank_rlvr.errors import UserError, first_line
-
-# peft writes these in every adapter_config.json; without them peft silently falls back to defaults (r=8, the
-# model type's default target modules) and loads whatever part of the weights happens to fit.
-ADAPTER_CONFIG_KEYS = ("peft_type", "r", "target_modules")
-
 
 # -- paths of the right kind ---------------------------------------------------------------------------------------
 
@@ -153,6 +149,29 @@ def read_json_object(path: str | Path, what: str) -> dict:
     return value
 
 
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; UserError naming the line otherwise.
+
+    `torn_tail_ok`: a last line without its newline that is not valid JSON is skipped (a job writing the file was
+    killed mid-line, or is writing it right now). Everywhere else a broken line is the user's to fix.
+    """
+    lines = read_text(path, "JSONL file").split("\n")  # "\n" only: splitlines would split inside JSON strings
+    rows = []
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail_ok and line_number == len(lines):  # the last piece of a file that does not end in "\n"
+                break
+            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {line_number}: expected a JSON object")
+        rows.append((line_number, row))
+    return rows
+
+
 def read_parquet(path: str | Path, what: str) -> list[dict]:
     """Rows of a parquet file as dicts; UserError when it is truncated, empty or not parquet at all."""
     path = expect_file(path, what)
@@ -228,29 +247,3 @@ def check_checkpoint(folder: Path) -> None:
                     raise UserError(f"{path}: checkpoint file is truncated or corrupted (not a torch archive)") from None
         except UserError as exc:
             raise UserError(f"{exc}; {hint}") from None
-
-
-def read_adapter_config(adapter_dir: str | Path) -> dict:
-    """The `adapter_config.json` of a LoRA adapter folder, checked with its weights before anything is loaded:
-    a JSON object naming a LORA adapter with its rank and target modules, beside readable weights."""
-    adapter_dir = Path(adapter_dir).expanduser()
-    if not adapter_dir.exists():
-        raise UserError(f"adapter folder not found: {adapter_dir}")
-    if not adapter_dir.is_dir():
-        raise UserError(f"{adapter_dir}: adapter is a file, expected a folder (RUN/adapter or RUN/checkpoint-N)")
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.exists():
-        raise UserError(f"{adapter_dir}: no adapter_config.json (expected RUN/adapter or RUN/checkpoint-N)")
-    config = read_json_object(config_path, "adapter config")
-    missing = [key for key in ADAPTER_CONFIG_KEYS if key not in config]
-    if missing:
-        raise UserError(f"{config_path}: adapter config lacks {', '.join(map(repr, missing))} (not written by peft?)")
-    if config["peft_type"] != "LORA":
-        raise UserError(f"{config_path}: peft_type {config['peft_type']!r} is not LORA")
-    if not isinstance(config["r"], int) or isinstance(config["r"], bool) or config["r"] < 1:
-        raise UserError(f"{config_path}: r must be a positive integer (got {config['r']!r})")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if weights.exists() or not (adapter_dir / "adapter_model.bin").exists():
-        check_safetensors(weights, "adapter weights")
-    return config
-

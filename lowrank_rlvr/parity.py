@@ -32,8 +32,9 @@ separate sampler logs none of these, and nothing is raised).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from lowrank_rlvr.tables import number
 
 # metrics.jsonl key -> the key TRL 1.14.2 logs it under (trl/trainer/grpo_trainer.py, `_generate_and_score_completions`)
 SAMPLING_KEYS = {
@@ -49,7 +50,7 @@ CAUSES = (
     "(e.g. a LoRA scale applied twice, a module left out), a sampler that kept older weights, or a dtype or "
     "quantization of the sampler far from the trainer's"
 )
-REMEDY = (
+PARITY_REMEDY = (
     "compare with the same config and grpo.use_vllm: false (transformers generate samples from the live policy), "
     "check the installed trl/vllm/unsloth versions against the pinned ones (`lowrank-rlvr plan --env`), and read "
     "rollouts.jsonl for what the sampler wrote"
@@ -71,7 +72,7 @@ class ParityThresholds:
 
 def sampling_values(logs: dict) -> dict:
     """The sampling figures of one TRL log dict under metrics.jsonl's names (None where not logged)."""
-    return {ours: _number(logs.get(trl)) for ours, trl in SAMPLING_KEYS.items()}
+    return {ours: number(logs.get(trl)) for ours, trl in SAMPLING_KEYS.items()}
 
 
 def parity_warnings(rows: list[dict], thresholds: ParityThresholds = ParityThresholds()) -> list[ParityWarning]:
@@ -86,7 +87,7 @@ def first_mismatch(rows: list[dict], thresholds: ParityThresholds = ParityThresh
     """The run's first sampler_mismatch warning, or None."""
     above = 0
     for row in rows:
-        gap = _number(row.get("sampling_logp_difference_mean"))
+        gap = number(row.get("sampling_logp_difference_mean"))
         if gap is None:
             continue
         above = above + 1 if gap > thresholds.warn_mean else 0
@@ -94,36 +95,29 @@ def first_mismatch(rows: list[dict], thresholds: ParityThresholds = ParityThresh
             return ParityWarning(
                 row["step"], KIND,
                 f"step {row['step']}: {_figures(row)} for {above} steps (healthy runs: under "
-                f"{thresholds.warn_mean:g}): {CAUSES}; {REMEDY}",
+                f"{thresholds.warn_mean:g}): {CAUSES}; {PARITY_REMEDY}",
             )
     return None
 
 
 def limit_exceeded(row: dict, limit: float | None) -> str | None:
     """The error to stop training with when this step's mean difference passes `limit` (None: no limit)."""
-    gap = _number(row.get("sampling_logp_difference_mean"))
+    gap = number(row.get("sampling_logp_difference_mean"))
     if limit is None or gap is None or gap <= limit:
         return None
     return (
         f"step {row['step']}: {_figures(row)}, past grpo.max_sampling_logp_difference = {limit:g}: training stopped "
-        f"rather than train on another policy's rollouts; {CAUSES}; {REMEDY}"
+        f"rather than train on another policy's rollouts; {CAUSES}; {PARITY_REMEDY}"
     )
 
 
 def _figures(row: dict) -> str:
     text = f"sampler and trainer log-probabilities of the sampled tokens differ by {row['sampling_logp_difference_mean']:.3g} on average"
     extremes = [
-        f"max {row['sampling_logp_difference_max']:.3g}" if _number(row.get("sampling_logp_difference_max")) is not None else "",
+        f"max {row['sampling_logp_difference_max']:.3g}" if number(row.get("sampling_logp_difference_max")) is not None else "",
         f"importance ratio {row['importance_sampling_ratio_min']:.3g}-{row['importance_sampling_ratio_max']:.3g}"
-        if _number(row.get("importance_sampling_ratio_min")) is not None and _number(row.get("importance_sampling_ratio_max")) is not None
+        if number(row.get("importance_sampling_ratio_min")) is not None and number(row.get("importance_sampling_ratio_max")) is not None
         else "",
     ]
     extremes = [part for part in extremes if part]
     return text + (f" ({', '.join(extremes)})" if extremes else "")
-
-
-def _number(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value

@@ -5,8 +5,8 @@ shape comes from, in order: a local folder's `config.json`; the built-in table o
 (`KNOWN_MODELS`, offline); the Hub's `config.json` when online. The estimate is a sum of named lines, one per thing
 that holds GPU memory, so the breakdown table always adds up to the total.
 
-The memory model (all formulas live in `phase_lines` and the small `*_bytes` helpers right after it)
-----------------------------------------------------------------------------------------------------
+The memory model (all formulas live in `phase_lines`, the `*_phases` it picks from and the helpers after them)
+------------------------------------------------------------------------------------------------------------
 Sizes are bytes, printed in GiB (what `torch.cuda` and `nvidia-smi` report: a "24 GB" RTX 4090 is 23.99 GiB,
 an L4 22.5, an A10 22.2, a T4 15.0). `--gpu-memory` is in the same unit.
 
@@ -58,8 +58,8 @@ weights inside its share, next to the training model.
 
 Not counted: the reference model (with LoRA, `beta > 0` is the base with the adapter switched off: no extra weights;
 its no-grad scoring pass peaks below the training backward), optimizer step temporaries, and Unsloth's dynamic
-4-bit quantization keeping a few layers in 16 bit. The constants are first guesses, to be checked against GPU
-measurements (a separate issue); change them here, in one place.
+4-bit quantization keeping a few layers in 16 bit. The constants are first guesses, not yet checked against a GPU
+measurement (`benchmarks/README.md` says what has been measured); change them here, in one place.
 """
 
 from __future__ import annotations
@@ -73,14 +73,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowrank_rlvr.config import RunConfig, load_config
+from lowrank_rlvr.adapters import VLLM_LORA_RANKS
+from lowrank_rlvr.backends import samples_with_vllm
+from lowrank_rlvr.builtin import resolve_model_path
+from lowrank_rlvr.config import ALL_LINEAR_MODULES, RunConfig, load_config
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.generation import VLLM_LORA_RANKS  # Unsloth rounds max_lora_rank up to one of these
-from lowrank_rlvr.model import ALL_LINEAR_MODULES, resolve_model_path
+from lowrank_rlvr.pretrained import model_key
 
 GiB = 1024**3
 
-# Assumptions of the memory model (see the module docstring); a GPU measurement issue will calibrate them.
+# Assumptions of the memory model (see the module docstring), to be calibrated by scripts/bench_gpu.py.
 CUDA_CONTEXT_GIB = 0.6  # torch's CUDA context, cuBLAS/cuDNN handles and workspaces
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # bitsandbytes NF4, blocksize 64, double-quantized absmax: 4.127 bits
 VLLM_FIXED_GIB = 0.13 + 0.3  # non-torch forward memory (Unsloth's table, vllm_utils.py:4789) + CUDA graphs
@@ -221,9 +223,8 @@ def model_shape(name_or_path: str) -> ModelShape:
         return ModelShape.from_config_json(_read_json(config_json), name_or_path, str(config_json))
     if folder.is_dir():
         raise UserError(f"model folder {folder} has no config.json")
-    key = name_or_path.rstrip("/").split("/")[-1].lower().removesuffix("-bnb-4bit").removesuffix("-unsloth")
-    if key in KNOWN_MODELS:
-        return KNOWN_MODELS[key]
+    if model_key(name_or_path) in KNOWN_MODELS:
+        return KNOWN_MODELS[model_key(name_or_path)]
     return _hub_shape(name_or_path)
 
 
@@ -279,7 +280,7 @@ class PlanInputs:
 
     @property
     def samples_with_vllm(self) -> bool:
-        return self.fast_inference if self.backend == "unsloth" else self.use_vllm
+        return samples_with_vllm(self.backend, self.fast_inference, self.use_vllm)
 
 
 @dataclass(frozen=True)
@@ -325,11 +326,7 @@ class Plan:
 def plan_inputs(cfg: RunConfig, gpu_gib: float) -> PlanInputs:
     """The memory model's inputs for a config; `auto` is planned as `unsloth`, what it picks on a CUDA machine."""
     g = cfg.grpo
-    targets = cfg.lora.target_modules
-    if targets == "all-linear":
-        modules = ALL_LINEAR_MODULES
-    else:
-        modules = tuple(m for m in targets if m in ALL_LINEAR_MODULES)
+    modules = tuple(m for m in cfg.lora.modules() if m in ALL_LINEAR_MODULES)  # the seven projections counted
     return PlanInputs(
         backend="hf" if cfg.model.backend == "hf" else "unsloth",
         load_in_4bit=cfg.model.load_in_4bit,
@@ -353,7 +350,8 @@ def plan_inputs(cfg: RunConfig, gpu_gib: float) -> PlanInputs:
 
 def estimate_prompt_tokens(cfg: RunConfig) -> int:
     """Longest prompt of the config's data in tokens, from its characters (no tokenizer is loaded)."""
-    from lowrank_rlvr.data import load_examples, render_prompt
+    from lowrank_rlvr.data import load_examples
+    from lowrank_rlvr.templates import render_prompt
 
     template = cfg.data.template
     if cfg.data.dataset is not None:
@@ -373,62 +371,88 @@ def estimate(shape: ModelShape, inputs: PlanInputs) -> Plan:
 
 
 def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]], list[str], float]:
-    problems: list[str] = []
+    """The lines of every phase, the reasons it cannot run, and how many full sequences the sampler's KV cache holds
+    at once: the lines every backend has, then those of how it samples (Unsloth's vLLM, TRL's vLLM, `generate`)."""
     context = Line("cuda_context", CUDA_CONTEXT_GIB * GiB, "torch CUDA context and library workspaces")
     weights = Line("base_weights", weights_bytes(shape, x.load_in_4bit, x.compute_bytes), _weights_note(x))
     adapter = lora_params(shape, x.lora_rank, x.lora_modules)
     lora_states = Line("lora_states", adapter * 16, f"r={x.lora_rank}: fp32 weights, grads, AdamW m and v")
-    training = training_lines(shape, x)
-    kv_needed = x.num_generations * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
-
+    shared = [context, weights, lora_states, *training_lines(shape, x)]
     if x.backend == "unsloth" and x.fast_inference:
-        utilization = standby_utilization(x.gpu_bytes) if x.vllm_standby else x.gpu_memory_utilization
-        share = utilization * x.gpu_bytes
-        runtime = vllm_runtime_bytes(shape, x, kv_budget=share - weights.bytes)
-        kv_reserved = share - weights.bytes - runtime
-        kv_note = _kv_note(kv_reserved, kv_needed, utilization, x.num_generations)
-        kv = Line("vllm_kv_cache", max(kv_reserved, kv_needed), kv_note)
-        vllm = [weights, Line("vllm_runtime", runtime, "activations, sampler, LoRA slots, CUDA graphs"), kv]
-        if kv_reserved < kv_needed:
-            need = (weights.bytes + runtime + kv_needed) / x.gpu_bytes
-            problems.append(
-                f"vLLM's share ({utilization:.2f} x GPU) leaves {max(kv_reserved, 0) / GiB:.2f} GiB for the KV cache; "
-                f"one group of {x.num_generations} rollouts needs {kv_needed / GiB:.2f} GiB "
-                f"(gpu_memory_utilization >= {math.ceil(need * 100) / 100:.2f})"
-            )
-        kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
-        if not x.vllm_standby:
-            return {"train + sample": [context, *vllm, lora_states, *training]}, problems, kv_sequences
-        phases = {
-            "sample (standby)": [context, *vllm, lora_states],
-            "train (standby)": [
-                context, weights, Line("vllm_runtime", runtime, "kept while vLLM sleeps"), lora_states, *training
-            ],
-        }
-        return phases, problems, kv_sequences
+        return unsloth_vllm_phases(shape, x, shared)
+    if x.samples_with_vllm:
+        return trl_vllm_phases(shape, x, shared)
+    return generate_phases(shape, x, shared)
 
-    if x.samples_with_vllm:  # hf backend: TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it
-        share = x.gpu_memory_utilization * x.gpu_bytes
-        vllm_weights = weights_bytes(shape, False, 2)
-        runtime = vllm_runtime_bytes(shape, x, kv_budget=share - vllm_weights)
-        kv_reserved = share - vllm_weights - runtime
-        if kv_reserved < kv_needed:
-            problems.append(
-                f"TRL's vLLM share ({x.gpu_memory_utilization:.2f} x GPU) cannot hold its 16-bit weights and one group "
-                f"of {x.num_generations} rollouts ({(vllm_weights + runtime + kv_needed) / GiB:.2f} GiB)"
-            )
-        vllm = [
-            Line("vllm_weights", vllm_weights, "TRL's vLLM loads its own 16-bit copy"),
-            Line("vllm_runtime", runtime, "activations, sampler, CUDA graphs"),
-            Line(
-                "vllm_kv_cache",
-                max(kv_reserved, kv_needed),
-                _kv_note(kv_reserved, kv_needed, x.gpu_memory_utilization, x.num_generations),
-            ),
-        ]
-        kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
-        return {"train + sample": [context, *vllm, weights, lora_states, *training]}, problems, kv_sequences
 
+def unsloth_vllm_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """Unsloth's colocated vLLM: one copy of the weights, shared with training, inside vLLM's share; with standby,
+    a sampling phase and a training phase (vLLM's KV cache freed)."""
+    context, weights, lora_states, *training = shared
+    problems: list[str] = []
+    kv_needed = _group_kv_bytes(shape, x)
+    utilization = standby_utilization(x.gpu_bytes) if x.vllm_standby else x.gpu_memory_utilization
+    share = utilization * x.gpu_bytes
+    runtime = vllm_runtime_bytes(shape, x, kv_budget=share - weights.bytes)
+    kv_reserved = share - weights.bytes - runtime
+    kv_note = _kv_note(kv_reserved, kv_needed, utilization, x.num_generations)
+    kv = Line("vllm_kv_cache", max(kv_reserved, kv_needed), kv_note)
+    vllm = [weights, Line("vllm_runtime", runtime, "activations, sampler, LoRA slots, CUDA graphs"), kv]
+    if kv_reserved < kv_needed:
+        need = (weights.bytes + runtime + kv_needed) / x.gpu_bytes
+        problems.append(
+            f"vLLM's share ({utilization:.2f} x GPU) leaves {max(kv_reserved, 0) / GiB:.2f} GiB for the KV cache; "
+            f"one group of {x.num_generations} rollouts needs {kv_needed / GiB:.2f} GiB "
+            f"(gpu_memory_utilization >= {math.ceil(need * 100) / 100:.2f})"
+        )
+    kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
+    if not x.vllm_standby:
+        return {"train + sample": [context, *vllm, lora_states, *training]}, problems, kv_sequences
+    phases = {
+        "sample (standby)": [context, *vllm, lora_states],
+        "train (standby)": [
+            context, weights, Line("vllm_runtime", runtime, "kept while vLLM sleeps"), lora_states, *training
+        ],
+    }
+    return phases, problems, kv_sequences
+
+
+def trl_vllm_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """hf backend with TRL's colocated vLLM: its own 16-bit weights inside its share, the training model beside it."""
+    context, weights, lora_states, *training = shared
+    problems: list[str] = []
+    kv_needed = _group_kv_bytes(shape, x)
+    share = x.gpu_memory_utilization * x.gpu_bytes
+    vllm_weights = weights_bytes(shape, False, 2)
+    runtime = vllm_runtime_bytes(shape, x, kv_budget=share - vllm_weights)
+    kv_reserved = share - vllm_weights - runtime
+    if kv_reserved < kv_needed:
+        problems.append(
+            f"TRL's vLLM share ({x.gpu_memory_utilization:.2f} x GPU) cannot hold its 16-bit weights and one group "
+            f"of {x.num_generations} rollouts ({(vllm_weights + runtime + kv_needed) / GiB:.2f} GiB)"
+        )
+    vllm = [
+        Line("vllm_weights", vllm_weights, "TRL's vLLM loads its own 16-bit copy"),
+        Line("vllm_runtime", runtime, "activations, sampler, CUDA graphs"),
+        Line(
+            "vllm_kv_cache",
+            max(kv_reserved, kv_needed),
+            _kv_note(kv_reserved, kv_needed, x.gpu_memory_utilization, x.num_generations),
+        ),
+    ]
+    kv_sequences = max(kv_reserved, 0) / (x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes))
+    return {"train + sample": [context, *vllm, weights, lora_states, *training]}, problems, kv_sequences
+
+
+def generate_phases(
+    shape: ModelShape, x: PlanInputs, shared: list[Line]
+) -> tuple[dict[str, list[Line]], list[str], float]:
+    """Sampling with transformers `generate`: a KV cache for the whole generation batch, then the training phase."""
+    context, weights, lora_states, *training = shared
     generation_kv = x.generation_batch * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
     sample = [
         context,
@@ -437,7 +461,12 @@ def phase_lines(shape: ModelShape, x: PlanInputs) -> tuple[dict[str, list[Line]]
         Line("generate_kv_cache", generation_kv, f"transformers generate: {x.generation_batch} sequences at once"),
         Line("generate_logits", x.generation_batch * shape.vocab_size * 4, "last-token fp32 logits"),
     ]
-    return {"sample": sample, "train": [context, weights, lora_states, *training]}, problems, float(x.generation_batch)
+    return {"sample": sample, "train": [context, weights, lora_states, *training]}, [], float(x.generation_batch)
+
+
+def _group_kv_bytes(shape: ModelShape, x: PlanInputs) -> float:
+    """KV cache of one GRPO group: `num_generations` sequences of prompt + completion, at once."""
+    return x.num_generations * x.sequence_tokens * kv_bytes_per_token(shape, x.compute_bytes)
 
 
 def training_lines(shape: ModelShape, x: PlanInputs) -> list[Line]:

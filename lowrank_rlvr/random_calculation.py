@@ -31,10 +31,9 @@ import random
 from dataclasses import dataclass
 from fractions import Fraction
 
-from lowrank_rlvr.benchmarks import Problem
+from lowrank_rlvr.benchmarks import RANDOM_CALCULATION, Problem
 from lowrank_rlvr.errors import UserError
 
-NAME = "random_calculation"
 GENERATOR_VERSION = 1
 DEFAULT_COUNT = 200
 DEFAULT_SEED = 0
@@ -70,8 +69,13 @@ class RandomCalculation:
         if self.count < 1:
             raise UserError(f"random_calculation needs at least 1 problem (got {self.count})")
 
+    @property
+    def source(self) -> str:
+        """What `eval` records as these problems' source, where a benchmark read from a file records the file."""
+        return f"generated: seed {self.seed}, difficulty {self.difficulty}"
+
     def problems(self) -> list[Problem]:
-        rng = random.Random(f"{NAME}:v{GENERATOR_VERSION}:{self.seed}:{self.difficulty}")
+        rng = random.Random(f"{RANDOM_CALCULATION}:v{GENERATOR_VERSION}:{self.seed}:{self.difficulty}")
         prefix = f"rc-v{GENERATOR_VERSION}-s{self.seed}-d{self.difficulty}"
         problems = []
         for number in range(self.count):

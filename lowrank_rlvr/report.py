@@ -1,4 +1,5 @@
-"""Training dynamics of one run: PNG plots and a one-page HTML (`lowrank-rlvr report RUN_DIR`).
+"""Training dynamics of one run: PNG plots and a one-page HTML (`lowrank-rlvr report RUN_DIR`: `report_command`;
+the end of `train`: `build_report`, the same with the default options).
 
 The paper's Fig. 2-style view of *post-saturation generalization* (Wang et al. 2025, arXiv 2504.20571, Sec. 3.2):
 training accuracy on the one example reaches 100% early, while held-out accuracy keeps rising long after. Next to it,
@@ -42,11 +43,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowrank_rlvr.benchmarks import GENERATED_BENCHMARKS
+from lowrank_rlvr.benchmarks import BENCHMARKS, GENERATED_BENCHMARKS, average_accuracy, paper_benchmarks
+from lowrank_rlvr.defaults import SATURATION_THRESHOLD, TRAILING_WINDOW
 from lowrank_rlvr.errors import UserError
+from lowrank_rlvr.files import writable_dir
+from lowrank_rlvr.history import history_scores, parse_history, rank_by_score
+from lowrank_rlvr.paper import comparable_average, reference_for_run
 from lowrank_rlvr.rewards import REFLECTION_WORDS
 from lowrank_rlvr.runs import RunFolder
-from lowrank_rlvr.files import writable_dir
+from lowrank_rlvr.tables import MISSING, figure, percent
+
 SERIES = {  # metrics.jsonl key -> (plot file, y label, title)
     "entropy": ("entropy.png", "mean token entropy (nats)", "Policy entropy"),
     "completion_length": ("completion_length.png", "tokens", "Mean completion length"),
@@ -74,11 +80,7 @@ class RunLogs:
 
 
 def read_run(run_dir: Path) -> RunLogs:
-    run = RunFolder(run_dir)
-    if run.path.is_file():
-        raise UserError(f"{run.path}: run folder is a file, expected a folder")
-    if not run.path.is_dir():
-        raise UserError(f"run folder not found: {run.path}")
+    run = RunFolder.existing(run_dir)
     if not run.metrics_path.is_file():
         raise UserError(f"{run.path}: no metrics.jsonl (is this a run folder written by `lowrank-rlvr train`?)")
     metrics = run.read_metrics()
@@ -107,8 +109,7 @@ def _normalise_eval(rows: list[dict], path: Path) -> list[dict]:
         benchmarks = {name: v / scale for name, v in row["benchmarks"].items() if _is_number(v)}
         average = row.get("average")
         if not _is_number(average):  # the paper's benchmarks only: a generated one is never in the average
-            counted = [v for name, v in benchmarks.items() if name not in GENERATED_BENCHMARKS]
-            average = sum(counted) / len(counted) if counted else None
+            average = average_accuracy(benchmarks)
         else:
             average = average / scale
         normalised.append({"step": row["step"], "benchmarks": benchmarks, "average": average})
@@ -133,7 +134,9 @@ def trailing_mean(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
 
 
-def saturation_step(steps: list[int], accuracy: list[float], threshold: float = 0.95, window: int = 10) -> int | None:
+def saturation_step(
+    steps: list[int], accuracy: list[float], threshold: float = SATURATION_THRESHOLD, window: int = TRAILING_WINDOW
+) -> int | None:
     """First step where the trailing mean of training accuracy over `window` logged steps (all of them, if fewer
     were logged) reaches `threshold`; None if it never does."""
     window = max(1, min(window, len(accuracy)))
@@ -143,7 +146,7 @@ def saturation_step(steps: list[int], accuracy: list[float], threshold: float = 
     return None
 
 
-def summarize(logs: RunLogs, threshold: float = 0.95, window: int = 10) -> dict:
+def summarize_run(logs: RunLogs, threshold: float = SATURATION_THRESHOLD, window: int = TRAILING_WINDOW) -> dict:
     """The headline numbers: steps, final training accuracy, saturation step, held-out accuracy before/at/after."""
     steps, accuracy = series(logs.metrics, "train_accuracy")
     saturated = saturation_step(steps, accuracy, threshold, window) if accuracy else None
@@ -154,7 +157,7 @@ def summarize(logs: RunLogs, threshold: float = 0.95, window: int = 10) -> dict:
         "saturation_step": saturated,
         "saturation_threshold": threshold,
         "saturation_window": window,
-        "collapse_warnings": collapse_warnings(logs.metrics),
+        "logged_warnings": logged_warnings(logs.metrics),
     }
     evals = [row for row in logs.eval_by_step if row["average"] is not None]
     if evals:
@@ -197,8 +200,9 @@ def save_figure(plt, fig, path: Path) -> Path:
     return path
 
 
-def collapse_warnings(metrics: list[dict]) -> list[dict]:
-    """The collapse warnings training printed and recorded (`warnings` of metrics.jsonl), each with its step."""
+def logged_warnings(metrics: list[dict]) -> list[dict]:
+    """The warnings training printed and recorded (`warnings` of metrics.jsonl: collapse, sampler mismatch), each
+    with its step."""
     return [
         {"step": row["step"], **warning}
         for row in metrics for warning in (row.get("warnings") or []) if isinstance(warning, dict)
@@ -236,7 +240,7 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
                 ax.plot([s for s, _ in points], [100 * v for _, v in points], linewidth=0.9, linestyle=":", marker=".",
                         color=BENCHMARK_COLORS[number % len(BENCHMARK_COLORS)], alpha=0.8, label=name)
         points = [(row["step"], row["average"]) for row in evals if row["average"] is not None]
-        counted = [name for name in names if name not in GENERATED_BENCHMARKS]  # what `average` is the mean of
+        counted = paper_benchmarks(names)  # what `average` is the mean of
         label = "held-out average" if len(counted) > 1 else f"held-out ({counted[0]})" if counted else "held-out"
         ax.plot([s for s, _ in points], [100 * v for _, v in points], color=HELD_OUT_COLOR, linewidth=2.2,
                 marker="o", markersize=4, label=label)
@@ -246,7 +250,7 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
     for label, value, alpha in paper_lines(logs):  # the paper's figures for this model and example, dashed
         ax.axhline(value, color=HELD_OUT_COLOR, linestyle="--", linewidth=1.2, alpha=alpha, label=label)
     _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
-    _mark_collapse(ax, summary["collapse_warnings"])
+    _mark_collapse(ax, summary["logged_warnings"])
     if summary["saturation_step"] is None and steps:
         ax.text(0.01, 0.97, f"not saturated: mean of {window} steps stayed below {100 * summary['saturation_threshold']:.0f}%",
                 transform=ax.transAxes, ha="left", va="top", fontsize=8, color="gray")
@@ -261,17 +265,15 @@ def plot_accuracy(logs: RunLogs, summary: dict, path: Path) -> Path:
 def paper_lines(logs: RunLogs) -> list[tuple[str, float, float]]:
     """(label, accuracy in %, alpha) of the paper's base and trained figures for this run's model and example set
     (`lowrank_rlvr.paper`), over the benchmarks the held-out curve shows; none when no row matches."""
-    from lowrank_rlvr.paper import BENCHMARK_ORDER, comparable_average, reference_for_run
-
     names = sorted({name for row in logs.eval_by_step for name in row["benchmarks"]} - set(GENERATED_BENCHMARKS))
-    names = names or list(BENCHMARK_ORDER)
+    names = names or list(BENCHMARKS)
     lines = []
     for step, alpha in ((0, 0.45), (None, 0.9)):
         row = reference_for_run(logs.config or None, step=step)
         value = comparable_average(row, names) if row is not None else None
         if value is not None:
             what = "average" if len(names) > 1 else names[0]
-            lines.append((f"{row.label}: {value:.1f}% ({what})", value, alpha))
+            lines.append((f"{row.label}: {figure(value, '%')} ({what})", value, alpha))
     return lines
 
 
@@ -286,7 +288,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     ax.plot(steps, values, color="#444444", alpha=0.3, linewidth=1, label="per step")
     ax.plot(steps, trailing_mean(values, window), color="#9467bd", linewidth=2, label=f"mean of {window} steps")
     _mark_saturation(ax, summary["saturation_step"], summary["last_step"])
-    _mark_collapse(ax, summary["collapse_warnings"])
+    _mark_collapse(ax, summary["logged_warnings"])
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -297,7 +299,7 @@ def plot_series(logs: RunLogs, key: str, summary: dict, path: Path) -> Path | No
     return save_figure(plt, fig, path)
 
 
-ENTROPY_NOT_MEASURED = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
+ENTROPY_CAPTION = "not measured on this backend (the trainer logged no entropy: Unsloth's GRPO loss does not)"
 
 
 def plot_not_measured(key: str, reason: str, path: Path) -> Path:
@@ -332,7 +334,7 @@ def plot_sampling(logs: RunLogs, summary: dict, path: Path) -> Path | None:
     limit = (logs.config.get("grpo") or {}).get("max_sampling_logp_difference")
     if _is_number(limit):
         ax.axhline(limit, color=HELD_OUT_COLOR, linestyle="--", linewidth=1.2, label=f"training stops (mean > {limit:g})")
-    _mark_collapse(ax, summary["collapse_warnings"])
+    _mark_collapse(ax, summary["logged_warnings"])
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("log-probability difference (nats)")
@@ -346,8 +348,6 @@ def plot_history(history: dict[str, list[float]], where: Path, path: Path, most:
     lists = {key: values for key, values in history.items() if isinstance(values, list) and len(values) >= 2}
     if not lists:
         return None
-    from lowrank_rlvr.select import history_scores, parse_history, rank_by_score
-
     scores = history_scores(parse_history(lists, str(where)))
     shown = rank_by_score(scores)[:most]
     plt, fig, ax = new_figure()
@@ -370,24 +370,49 @@ def plot_history(history: dict[str, list[float]], where: Path, path: Path, most:
 # -- the page ----------------------------------------------------------------------------------------------------
 
 
-def build_report(
-    run_dir: Path, output_dir: Path | None = None, threshold: float = 0.95, window: int = 10
-) -> tuple[Path, dict]:
-    """Write the PNGs and `report.html` into `output_dir` (default RUN/report). Returns (html path, summary)."""
-    if not 0 < threshold <= 1:
-        raise UserError(f"--threshold must be in (0, 1] (got {threshold})")
-    if window < 1:
-        raise UserError(f"--window must be >= 1 (got {window})")
+@dataclass(frozen=True)
+class ReportOptions:
+    """What `lowrank-rlvr report` takes besides the run folder, checked once."""
+
+    output_dir: Path | None = None  # default RUN/report
+    threshold: float = SATURATION_THRESHOLD
+    window: int = TRAILING_WINDOW
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise UserError(f"--threshold must be in (0, 1] (got {self.threshold})")
+        if self.window < 1:
+            raise UserError(f"--window must be >= 1 (got {self.window})")
+
+
+def report_command(run_dir: Path, options: ReportOptions = ReportOptions()) -> tuple[Path, dict]:
+    """`lowrank-rlvr report RUN`: write the PNGs and `report.html` into the output folder (default RUN/report).
+    Returns (html path, summary)."""
     logs = read_run(Path(run_dir))
+    output_dir = options.output_dir
     output_dir = writable_dir(Path(output_dir) if output_dir else RunFolder(logs.run_dir).report_dir, "report folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(logs, threshold, window)
+    summary = summarize_run(logs, options.threshold, options.window)
+    figures = draw_figures(logs, summary, output_dir)
+    summary["figures"] = [str(path) for _, path in figures]
+    html_path = output_dir / "report.html"
+    html_path.write_text(_page(logs, summary, figures))
+    return html_path, summary
+
+
+def build_report(run_dir: Path) -> tuple[Path, dict]:
+    """The report `train` writes when a run ends: `report_command` with the default options, into RUN/report."""
+    return report_command(run_dir, ReportOptions())
+
+
+def draw_figures(logs: RunLogs, summary: dict, output_dir: Path) -> list[tuple[str, Path]]:
+    """Every plot the run's files allow, as (name, PNG); records in `summary` what the run did not log."""
     figures = [("accuracy", plot_accuracy(logs, summary, output_dir / "accuracy.png"))]
     missing = []
     for key, (filename, _, _) in SERIES.items():
         written = plot_series(logs, key, summary, output_dir / filename)
         if written is None and key == "entropy":  # a statement, not an empty plot (see the module docstring)
-            written = plot_not_measured(key, ENTROPY_NOT_MEASURED, output_dir / filename)
+            written = plot_not_measured(key, ENTROPY_CAPTION, output_dir / filename)
             summary["entropy_not_measured"] = True
         if written:
             figures.append((key, written))
@@ -399,11 +424,8 @@ def build_report(
     history_png = plot_history(logs.history, RunFolder(logs.run_dir).history_path, output_dir / "history.png")
     if history_png:
         figures.append(("history", history_png))
-    summary["figures"] = [str(path) for _, path in figures]
     summary["not_logged"] = missing
-    html_path = output_dir / "report.html"
-    html_path.write_text(_page(logs, summary, figures))
-    return html_path, summary
+    return figures
 
 
 def _rollouts_section(rollouts: list[dict]) -> str:
@@ -413,7 +435,7 @@ def _rollouts_section(rollouts: list[dict]) -> str:
     latest = rollouts[-1]
 
     def cell(value) -> str:
-        return "-" if not _is_number(value) else f"{value:.3g}"
+        return MISSING if not _is_number(value) else f"{value:.3g}"
 
     rows = "\n".join(
         f"<tr><td>{cell(c.get('reward'))}</td><td>{cell(c.get('advantage'))}</td><td>{c.get('tokens', '-')}</td>"
@@ -427,12 +449,27 @@ def _rollouts_section(rollouts: list[dict]) -> str:
 </table>"""
 
 
-def _percent(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
-    cfg = logs.config
+    """The one-page HTML: the table of what the run is and did, the plots, the definitions, the latest rollouts."""
+    rows = _run_rows(logs.config, summary) + _held_out_rows(summary) + _note_rows(logs, summary)
+    definition = (
+        f"Saturation step: the first step at which the mean training accuracy over the last {summary['saturation_window']} "
+        f"logged steps reached {100 * summary['saturation_threshold']:.0f}% (our definition; the paper reads it off "
+        "the curve). Reflection words: " + ", ".join(REFLECTION_WORDS) + ", counted per 1,000 completion tokens."
+    )
+    body = f"""<table>
+{html_rows(rows)}
+</table>
+<div class="grid">
+{html_figures(figures)}
+</div>
+<p class="note">{html.escape(definition)}</p>
+{_rollouts_section(logs.rollouts)}"""
+    return html_page(f"lowrank-rlvr report: {logs.run_dir.name}", f"Run report: {logs.run_dir}", body)
+
+
+def _run_rows(cfg: dict, summary: dict) -> list[tuple[str, object]]:
+    """The page's first rows: the model, the example(s), the steps, the training accuracy and its saturation."""
     model = (cfg.get("model") or {}).get("name_or_path", "?")
     data = cfg.get("data") or {}
     if data.get("examples"):
@@ -442,51 +479,43 @@ def _page(logs: RunLogs, summary: dict, figures: list[tuple[str, Path]]) -> str:
         if data.get("indices"):
             example += f" (indices {data['indices'][:5]})"
     saturated = summary["saturation_step"]
-    rows = [
+    return [
         ("model", model),
         ("training example(s)", example),
         ("steps logged", f"{summary['steps_logged']} (last step {summary['last_step']})"),
-        (f"training accuracy (mean of last {summary['saturation_window']} steps)", _percent(summary["final_train_accuracy"])),
-        (
-            "saturation step",
-            f"{saturated}" if saturated is not None else "not reached",
-        ),
+        (f"training accuracy (mean of last {summary['saturation_window']} steps)",
+         percent(summary["final_train_accuracy"], "%")),
+        ("saturation step", f"{saturated}" if saturated is not None else "not reached"),
     ]
-    if "held_out_first" in summary:
-        rows += [
-            ("held-out accuracy", f"{_percent(summary['held_out_first'])} at step {summary['held_out_first_step']} -> "
-             f"{_percent(summary['held_out_last'])} at step {summary['held_out_last_step']} "
-             f"(best {_percent(summary['held_out_best'])} at step {summary['held_out_best_step']})"),
-        ]
-        if "held_out_gain_after_saturation" in summary:
-            gain = 100 * summary["held_out_gain_after_saturation"]
-            rows.append(("held-out change after saturation", f"{gain:+.1f} points"))
-    else:
-        rows.append(("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)"))
+
+
+def _held_out_rows(summary: dict) -> list[tuple[str, object]]:
+    """Held-out accuracy first -> last (best), and what it gained after saturation; or how to get it."""
+    if "held_out_first" not in summary:
+        return [("held-out accuracy", "no eval_by_step.jsonl in the run folder (run `lowrank-rlvr eval --run RUN`)")]
+    rows = [
+        ("held-out accuracy", f"{percent(summary['held_out_first'], '%')} at step {summary['held_out_first_step']} -> "
+         f"{percent(summary['held_out_last'], '%')} at step {summary['held_out_last_step']} "
+         f"(best {percent(summary['held_out_best'], '%')} at step {summary['held_out_best_step']})"),
+    ]
+    if "held_out_gain_after_saturation" in summary:
+        gain = 100 * summary["held_out_gain_after_saturation"]
+        rows.append(("held-out change after saturation", f"{gain:+.1f} points"))
+    return rows
+
+
+def _note_rows(logs: RunLogs, summary: dict) -> list[tuple[str, object]]:
+    """The paper's figures for this run, what was not measured or logged, and the warnings training printed."""
+    rows: list[tuple[str, object]] = []
     for label, value, _ in paper_lines(logs):
-        rows.append((label.split(":")[0], f"{value:.1f}% (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
+        rows.append((label.split(":")[0], f"{figure(value, '%')} (dashed in the accuracy plot; Wang et al. 2025, arXiv 2504.20571)"))
     if summary.get("entropy_not_measured"):
-        rows.append(("entropy", f"{ENTROPY_NOT_MEASURED}; the entropy-collapse check was off"))
-    for warning in summary["collapse_warnings"]:
+        rows.append(("entropy", f"{ENTROPY_CAPTION}; the entropy-collapse check was off"))
+    for warning in summary["logged_warnings"]:
         rows.append((f"warning at step {warning['step']}", warning.get("message", warning.get("kind", ""))))
     if summary["not_logged"]:
         rows.append(("not logged by this run", ", ".join(summary["not_logged"])))
-    table = html_rows(rows)
-    images = html_figures(figures)
-    definition = (
-        f"Saturation step: the first step at which the mean training accuracy over the last {summary['saturation_window']} "
-        f"logged steps reached {100 * summary['saturation_threshold']:.0f}% (our definition; the paper reads it off "
-        "the curve). Reflection words: " + ", ".join(REFLECTION_WORDS) + ", counted per 1,000 completion tokens."
-    )
-    body = f"""<table>
-{table}
-</table>
-<div class="grid">
-{images}
-</div>
-<p class="note">{html.escape(definition)}</p>
-{_rollouts_section(logs.rollouts)}"""
-    return html_page(f"lowrank-rlvr report: {logs.run_dir.name}", f"Run report: {logs.run_dir}", body)
+    return rows
 
 
 def html_rows(rows: list[tuple[str, object]]) -> str:

@@ -36,18 +36,28 @@ from pathlib import Path
 from typing import Any
 
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.files import atomic_output, read_json, read_text
+from lowrank_rlvr.files import atomic_output, read_json, read_jsonl, read_text
+from lowrank_rlvr.parity import SAMPLING_KEYS
 
 COMPLETE_MARKER = "checkpoint_complete"
 EVAL_REPORT = "eval_report.json"  # also `eval`'s default output outside a run folder
-METRIC_KEYS = (
-    "step", "reward_mean", "reward_std", "train_accuracy", "format_reward", "entropy", "completion_length", "kl", "learning_rate",
-    "grad_norm", "reflection_per_1k_tokens", "grader_timeouts",
-    # the sampler/trainer gap (lowrank_rlvr.parity.SAMPLING_KEYS): null without a separate sampler (vLLM)
-    "sampling_logp_difference_mean", "sampling_logp_difference_max", "importance_sampling_ratio_min",
-    "importance_sampling_ratio_mean", "importance_sampling_ratio_max",
-    "warnings", "seconds",
-)
+# metrics.jsonl key -> the TRL log key it records (TRL 1.14.2's names, and ours that the reward function logs);
+# each row is "step", these, the sampler/trainer gap (parity.SAMPLING_KEYS: null without a separate sampler, vLLM),
+# then "warnings" and "seconds"
+LOGGED_METRICS = {
+    "reward_mean": "reward",
+    "reward_std": "reward_std",
+    "train_accuracy": "rewards/accuracy/mean",
+    "format_reward": "rewards/format/mean",  # reward.kind 'format' only
+    "entropy": "entropy",  # null: not measured (the unsloth backend logs none)
+    "completion_length": "completions/mean_length",
+    "kl": "kl",
+    "learning_rate": "learning_rate",
+    "grad_norm": "grad_norm",
+    "reflection_per_1k_tokens": "reflection_per_1k_tokens",
+    "grader_timeouts": "grader_timeouts",
+}
+METRIC_KEYS = ("step", *LOGGED_METRICS, *SAMPLING_KEYS, "warnings", "seconds")
 LAYOUT = {  # path in the run folder -> what it holds (README's table follows this)
     "config.yaml": "the resolved config, and under `resolved` the processes and the effective batch",
     "metrics.jsonl": "one line per step: " + ", ".join(f"`{key}`" for key in METRIC_KEYS),
@@ -85,6 +95,16 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunFolder:
+        """A run folder that must already be there (`eval --run`, `report`, `compare`): UserError if it is not."""
+        run = cls(path)
+        if run.path.is_file():
+            raise UserError(f"{run.path}: run folder is a file, expected a folder")
+        if not run.path.is_dir():
+            raise UserError(f"run folder not found: {run.path}")
+        return run
 
     # -- names ---------------------------------------------------------------------------------------------------
     @property
@@ -327,6 +347,14 @@ class RunFolder:
     def staging_adapter_dir(self) -> Path:
         return self.path / "adapter.partial"
 
+    def config_data(self) -> dict | None:
+        """The run's config as plain data, for comparing with the paper's rows; None without a readable one."""
+        try:
+            cfg = self.read_config()
+        except UserError:
+            return None
+        return cfg.model_dump(mode="json") if cfg is not None else None
+
     def publish_adapter(self) -> Path:
         """Move the fully saved staging adapter into place: adapter/ is complete or absent."""
         shutil.rmtree(self.adapter_dir, ignore_errors=True)
@@ -341,29 +369,6 @@ def _by_step(path: Path, numbered: list[tuple[int, dict]]) -> list[dict]:
             raise UserError(f"{path}: line {line_number}: expected a JSON object with an integer 'step'")
         rows[row["step"]] = row
     return [rows[step] for step in sorted(rows)]
-
-
-def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file; UserError naming the line otherwise.
-
-    `torn_tail_ok`: a last line without its newline that is not valid JSON is skipped (a job writing the file was
-    killed mid-line, or is writing it right now). Everywhere else a broken line is the user's to fix.
-    """
-    lines = read_text(path, "JSONL file").split("\n")  # "\n" only: splitlines would split inside JSON strings
-    rows = []
-    for line_number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if torn_tail_ok and line_number == len(lines):  # the last piece of a file that does not end in "\n"
-                break
-            raise UserError(f"{path}: line {line_number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}: line {line_number}: expected a JSON object")
-        rows.append((line_number, row))
-    return rows
 
 
 def _lock_holder(fd: int) -> str:

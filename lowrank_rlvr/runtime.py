@@ -4,16 +4,15 @@
   `accelerate launch` / `torchrun`);
 - the machine: whether CUDA is there, the GPU's compute capability, and the NVIDIA driver (present even when torch
   cannot use it);
-- the training backend (`unsloth` or `hf`) and the compute dtype that follow from the config on this machine
-  (when the backend is unsloth it is imported here, before transformers and before CUDA is initialised);
-- the data: the example set and its longest rendered prompt in tokens (vLLM's context is sized from it).
+- the dtype rules: the compute dtype that `model.dtype` means on this machine, and what a checkpoint generates in;
+- whether training on the CPU is a choice or a broken GPU install (`check_cpu_training`).
 
-Nothing below this module reads the environment for these again.
+What `train` works out from these and the config (the backend, the data, the tokenizer) is `train.training_setup`'s;
+which backend `auto` picks is `backends.choose_backend`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -47,18 +46,6 @@ def launch_from_environment() -> Launch:
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
-
-
-@dataclass(frozen=True)
-class Runtime:
-    launch: Launch
-    on_cuda: bool
-    backend: str  # 'unsloth' or 'hf'
-    dtype: Any  # torch.dtype of computation
-    model_path: str  # local folder or Hub id (builtin names resolved)
-    examples: list  # list[data.Example]: the example set, loaded once
-    longest_prompt_tokens: int  # the longest rendered prompt of the example set
-    tokenizer: Any  # the model's tokenizer (with a pad token), loaded once: prompts were measured with it
 
 
 def cuda_available() -> bool:
@@ -104,19 +91,6 @@ def generation_dtype(stored: str, capability: tuple[int, int] | None) -> str:
     if stored == "bfloat16" and capability is not None and not has_bf16(capability):
         return "float16"
     return stored
-
-
-def choose_backend(requested: str, on_cuda: bool) -> str:
-    """'auto' -> 'unsloth' with CUDA and the package, else 'hf'. An impossible explicit request is a UserError."""
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
-    if requested == "auto":
-        return "unsloth" if on_cuda and has_unsloth else "hf"
-    if requested == "unsloth":
-        if not on_cuda:
-            raise UserError("backend 'unsloth' needs a CUDA GPU and none was found (use model.backend: hf)")
-        if not has_unsloth:
-            raise UserError("backend 'unsloth' needs the unsloth package: pip install -e '.[gpu]'")
-    return requested
 
 
 @dataclass(frozen=True)
@@ -182,48 +156,3 @@ def check_cpu_training(
         "an older driver update it, or use the hf backend with torch for CUDA 12.8 (pip install torch==2.13.0 "
         "--index-url https://download.pytorch.org/whl/cu128); set CUDA_VISIBLE_DEVICES= to train on the CPU on purpose"
     )
-
-
-def import_backend(backend: str, vllm_standby: bool) -> None:
-    """Import Unsloth first when it is the backend: it patches transformers, trl and peft as it is imported, and
-    unsloth_zoo 2026.10.9 sets the CUDA allocator from UNSLOTH_VLLM_STANDBY at import (unsloth_zoo/__init__.py:321),
-    so both must happen before transformers is imported and before CUDA is initialised."""
-    if backend != "unsloth":
-        return
-    # Set both ways: an inherited "1" would otherwise stay on (unsloth_zoo vllm_utils.py:4426 ORs it with the argument).
-    os.environ["UNSLOTH_VLLM_STANDBY"] = "1" if vllm_standby else "0"
-    import unsloth  # noqa: F401
-
-
-def training_runtime(cfg: Any, launch: Launch) -> Runtime:
-    """Everything `train` needs to know before loading the model; bad data or an impossible backend fail here."""
-    from lowrank_rlvr.data import load_examples, render_prompt
-
-    examples = load_examples(cfg.data)
-    on_cuda = cuda_available()
-    backend = choose_backend(cfg.model.backend, on_cuda)
-    unsloth_vllm = backend == "unsloth" and cfg.model.fast_inference
-    if unsloth_vllm and cfg.model.dtype == "float32":  # 'auto' became unsloth; an explicit one: config.py
-        from lowrank_rlvr.config import UNSLOTH_FLOAT32
-
-        raise UserError(f"model.dtype: {UNSLOTH_FLOAT32}")
-    if not on_cuda:
-        import torch
-
-        check_cpu_training(
-            cfg.model.name_or_path, on_cuda, nvidia_driver(), os.environ.get("CUDA_VISIBLE_DEVICES"), torch.version.cuda
-        )
-    import_backend(backend, cfg.model.vllm_standby)  # before transformers (the tokenizer below) and CUDA
-    from lowrank_rlvr.model import load_tokenizer, resolve_model_path
-
-    if on_cuda:  # initialises CUDA: every rank its own GPU before anything is placed on one
-        import torch
-
-        torch.cuda.set_device(launch.local_rank)
-    capability = cuda_capability() if on_cuda else None  # of this rank's GPU
-    model_path = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(model_path, cfg.model.name_or_path)
-    prompts = [render_prompt(example.prompt, cfg.data.template, tokenizer) for example in examples]
-    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompts)
-    dtype = compute_dtype(cfg.model.dtype, capability)
-    return Runtime(launch, on_cuda, backend, dtype, model_path, examples, longest, tokenizer)

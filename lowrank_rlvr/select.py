@@ -23,22 +23,69 @@ Example:
 from __future__ import annotations
 
 import json
-import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from lowrank_rlvr.config import DEFAULT_TEMPLATE, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.data import Example, parse_row, read_rows
+from lowrank_rlvr.defaults import GRADER_WORKERS, PAPER_MAX_COMPLETION_LENGTH, PAPER_TEMPERATURE
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.rewards import DEFAULT_GRADER_WORKERS
+from lowrank_rlvr.files import atomic_output, check_model, read_json, writable_file
+from lowrank_rlvr.history import METHODS, history_scores, parse_history, rank_by_score
 from lowrank_rlvr.runs import RunFolder
 from lowrank_rlvr.shipped import shipped_train_file, shipped_train_files
-from lowrank_rlvr.files import atomic_output, check_model, read_json, writable_file
+from lowrank_rlvr.templates import DEFAULT_TEMPLATE
 
-METHODS = ("std", "random")
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class SelectOptions:
+    """What `lowrank-rlvr select` was asked for, checked once, before any pool is read or any rollout sampled."""
+
+    history: Path | None  # a history JSON file or a run folder with history.json; None with `estimate`
+    pool: Path  # a .jsonl or .parquet pool, or a shipped one by name (dsr_sub)
+    output: Path  # .jsonl or .parquet
+    top: int | None = None  # the N best (default 1)
+    rank: int | None = None  # only the example at this 1-based rank (pi_rank)
+    method: str = "std"  # one of history.METHODS
+    repeat: int = 1  # the selection written this many times
+    seed: int = 0  # for method 'random' and for the estimate's sampling
+    estimate: str | None = None  # no history: a base model whose rollouts stand in for it (our approximation)
+    samples: int = 8  # estimate: rollouts per pool example
+    limit: int | None = None  # estimate: only the first N pool examples with an answer
+    template: str = DEFAULT_TEMPLATE  # estimate: the prompt template
+    temperature: float = PAPER_TEMPERATURE  # estimate: sampling temperature
+    max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH  # estimate: tokens per rollout
+
+    def __post_init__(self) -> None:
+        if (self.history is None) == (self.estimate is None):
+            raise UserError("give a HISTORY (JSON file or run folder) or --estimate MODEL, exactly one of them")
+        if self.method not in METHODS:
+            raise UserError(f"unknown --method {self.method!r} (choose {', '.join(METHODS)})")
+        if Path(self.output).suffix not in OUTPUT_SUFFIXES:
+            raise UserError(f"--output must end in .jsonl or .parquet (got {Path(self.output).name})")
+        if self.top is not None and self.rank is not None:
+            raise UserError("give --top or --rank, not both")
+        for flag, value in (("--top", self.top), ("--rank", self.rank), ("--repeat", self.repeat)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be >= 1 (got {value})")
+        if self.estimate is not None:
+            self._check_estimate()
+
+    def _check_estimate(self) -> None:
+        if self.samples < 2:
+            raise UserError(f"--samples must be >= 2 to measure a spread (got {self.samples})")
+        if not self.temperature > 0:  # also refuses NaN
+            raise UserError(f"--temperature must be > 0 to sample rollouts (got {self.temperature})")
+        if self.max_new_tokens < 1:
+            raise UserError(f"--max-new-tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be >= 1 (got {self.limit})")
+
+    @property
+    def history_output(self) -> Path:
+        """Where an estimated history is written: `<OUT without suffix>.history.json` (a HISTORY for later runs)."""
+        return Path(self.output).with_suffix(".history.json")
 
 
 @dataclass(frozen=True)
@@ -50,6 +97,44 @@ class Selected:
     prompt: str
     answer: str
     score: float
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+
+
+def select_command(options: SelectOptions) -> dict:
+    """`lowrank-rlvr select`: read (or estimate) the history, rank, write OUT. Returns the metrics, with the chosen
+    examples under "selected" and the lines for the terminal under "summary".
+
+    With `estimate`, the sampled history is also written to `options.history_output`, so it can be passed as
+    HISTORY later without sampling again."""
+    writable_file(options.output, "--output")
+    if options.estimate is not None:
+        writable_file(options.history_output, "estimated history")
+    pool = load_pool(options.pool)
+    if options.estimate is None:
+        history, metrics = load_history(options.history), {}
+    else:
+        pool, history, metrics = estimate_from_options(options, pool)
+    selected, select_metrics = select_examples(history, pool, options.method, options.top, options.rank, options.seed)
+    write_selection(selected, options.output, options.repeat)
+    metrics = {**metrics, **select_metrics, "rows_written": len(selected) * options.repeat, "output": str(options.output)}
+    return {**metrics, "selected": selected, "summary": describe(selected, metrics)}
+
+
+def estimate_from_options(options: SelectOptions, pool: list[Example]) -> tuple[list[Example], dict, dict]:
+    """The estimated history of the pool's answered examples (the first `limit`), written beside OUT.
+    Returns (the examples estimated, their history, the estimate's metrics)."""
+    pool = [example for example in pool if example.answer]  # nothing to grade against
+    if options.limit is not None:
+        pool = pool[: options.limit]
+    history, metrics = estimate_history(
+        options.estimate, pool, options.samples, options.template, options.temperature,
+        max_new_tokens=options.max_new_tokens, seed=options.seed,
+    )
+    with atomic_output(options.history_output) as staging:
+        staging.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
+    return pool, history, {**metrics, "history_path": str(options.history_output)}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
@@ -68,32 +153,6 @@ def load_history(source: Path) -> dict[int, list[float]]:
     if not source.is_file():
         raise UserError(f"history not found: {source}")
     return parse_history(read_json(source, "history"), str(source))
-
-
-def parse_history(raw: Any, where: str) -> dict[int, list[float]]:
-    """Check the paper's format: `{"<pool index>": [accuracy in [0, 1], ...]}`, non-empty lists."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a JSON object mapping pool index to a list of accuracies")
-    if not raw:
-        raise UserError(f"{where}: the history is empty")
-    history: dict[int, list[float]] = {}
-    for key, values in raw.items():
-        try:
-            index = int(key)
-        except ValueError:
-            raise UserError(f"{where}: key {key!r} is not a pool index (an integer)") from None
-        if not isinstance(values, list):
-            raise UserError(f"{where}: example {key}: expected a list of accuracies, got {type(values).__name__}")
-        if not values:
-            raise UserError(f"{where}: example {key}: empty accuracy list")
-        for value in values:
-            number_like = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number_like or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise UserError(f"{where}: example {key}: {value!r} is not an accuracy in [0, 1]")
-        if index in history:
-            raise UserError(f"{where}: pool index {index} appears twice")
-        history[index] = [float(v) for v in values]
-    return history
 
 
 def load_pool(path: Path) -> list[Example]:
@@ -121,25 +180,6 @@ def load_pool(path: Path) -> list[Example]:
     return list(pool.values())
 
 
-# -- scoring (pure) ----------------------------------------------------------------------------------------------
-
-
-def history_scores(history: dict, method: str = "std", seed: int = 0) -> dict[int, float]:
-    """Score per pool index: 'std' = population std of the accuracy list; 'random' = uniform [0, 1) (the paper's
-    random-selection baseline), reproducible with `seed`."""
-    if method == "std":
-        return {int(index): _population_std(values) for index, values in history.items()}
-    if method == "random":
-        rng = random.Random(seed)
-        return {int(index): rng.random() for index in sorted(int(i) for i in history)}
-    raise UserError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
-
-
-def rank_by_score(scores: dict[int, float]) -> list[int]:
-    """Pool indices, highest score first; equal scores by pool index, smallest first."""
-    return sorted(scores, key=lambda index: (-scores[index], index))
-
-
 def select_examples(
     history: dict[int, list[float]],
     pool: list[Example],
@@ -148,9 +188,8 @@ def select_examples(
     rank: int | None = None,
     seed: int = 0,
 ) -> tuple[list[Selected], dict]:
-    """The `top` best examples (default 1), or only the one at 1-based `rank` (pi_rank). Returns (selected, metrics)."""
-    if top is not None and rank is not None:
-        raise UserError("give --top or --rank, not both")
+    """The `top` best examples (default 1), or only the one at 1-based `rank` (pi_rank); `top` and `rank` are each
+    >= 1 and not both given (`SelectOptions` checks). Returns (selected, metrics)."""
     by_index = {example.index: example for example in pool}
     missing = sorted(index for index in history if index not in by_index)
     if missing:
@@ -167,10 +206,7 @@ def select_examples(
             raise UserError(f"--rank {rank} is out of range: the history ranks {len(order)} example(s) (1..{len(order)})")
         chosen = [(rank, order[rank - 1])]
     else:
-        top = 1 if top is None else top
-        if top < 1:
-            raise UserError(f"--top must be >= 1 (got {top})")
-        chosen = list(enumerate(order[:top], start=1))
+        chosen = list(enumerate(order[: 1 if top is None else top], start=1))
     selected = [
         Selected(r, index, by_index[index].prompt, by_index[index].answer, scores[index]) for r, index in chosen
     ]
@@ -188,12 +224,6 @@ def select_examples(
     return selected, metrics
 
 
-def _population_std(values: list[float]) -> float:
-    # fsum is exactly rounded, so a permutation of the same accuracies gets the same score and ties stay ties
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-
-
 # -- output ------------------------------------------------------------------------------------------------------
 
 
@@ -201,10 +231,6 @@ def write_selection(selected: list[Selected], output: Path, repeat: int = 1) -> 
     """One row per selected example (`rank, index, prompt, answer, score`), the whole selection `repeat` times
     (the paper's `pi1_r128` files hold one example 128 times). JSONL or parquet by the file's suffix."""
     output = Path(output)
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise UserError(f"--output must end in .jsonl or .parquet (got {output.name})")
-    if repeat < 1:
-        raise UserError(f"--repeat must be >= 1 (got {repeat})")
     rows = [asdict(example) for example in selected] * repeat
     with atomic_output(output) as staging:
         if output.suffix == ".parquet":
@@ -229,19 +255,16 @@ def estimate_history(
     max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
     batch_prompts: int = 4,
     seed: int = 0,
-    grader_workers: int = DEFAULT_GRADER_WORKERS,
+    grader_workers: int = GRADER_WORKERS,
 ) -> tuple[dict[int, list[float]], dict]:
     """Sample `samples` rollouts per pool example from the base model (transformers generate, the same generator
     as `eval`) and grade them: `{index: [1.0 or 0.0 per rollout]}`, a stand-in history (see the module docstring:
     not the paper's score)."""
-    if samples < 2:
-        raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.builtin import resolve_model_path
     from lowrank_rlvr.generation import HFGenerator, Sampling
-    from lowrank_rlvr.model import resolve_model_path
-    from lowrank_rlvr.rewards import Grader
+    from lowrank_rlvr.grading import Grader
 
     path = resolve_model_path(model_name_or_path)
     check_model(path, "--estimate model", shown=model_name_or_path)  # truncated weights: before loading them
@@ -255,18 +278,31 @@ def estimate_history(
         task = progress.add_task("estimate", total=len(pool))
         for start in range(0, len(pool), batch_prompts):
             batch = pool[start : start + batch_prompts]
-            prompts = [render_prompt(example.prompt, template, generator.tokenizer) for example in batch]
-            completions = generator.generate(prompts, sampling, adapter_dir=None, seed=seed + start)
-            responses = [c.text for row in completions for c in row]  # rollouts of one prompt are adjacent
-            completion_tokens += sum(len(c.token_ids) for row in completions for c in row)
-            answers = [example.answer for example in batch for _ in range(samples)]
-            rewards = [result.reward for result in grader.grade(responses, answers, kind="accuracy")]
-            for row, example in enumerate(batch):
-                history[example.index] = rewards[row * samples : (row + 1) * samples]
+            rewards, tokens = _graded_rollouts(generator, grader, batch, sampling, template, seed + start)
+            history.update(rewards)
+            completion_tokens += tokens
             progress.update(task, advance=len(batch))
+    return history, _estimate_metrics(history, samples, completion_tokens)
 
+
+def _graded_rollouts(generator, grader, batch: list[Example], sampling, template: str, seed: int) -> tuple[dict, int]:
+    """One batch of prompts: `sampling.num_samples` rollouts each, graded against the example's own answer.
+    Returns ({index: rewards}, completion tokens)."""
+    from lowrank_rlvr.templates import render_prompt
+
+    samples = sampling.num_samples
+    prompts = [render_prompt(example.prompt, template, generator.tokenizer) for example in batch]
+    completions = generator.generate(prompts, sampling, adapter_dir=None, seed=seed)
+    responses = [c.text for row in completions for c in row]  # rollouts of one prompt are adjacent
+    answers = [example.answer for example in batch for _ in range(samples)]
+    rewards = [result.reward for result in grader.grade(responses, answers, kind="accuracy")]
+    history = {example.index: rewards[row * samples : (row + 1) * samples] for row, example in enumerate(batch)}
+    return history, sum(len(c.token_ids) for row in completions for c in row)
+
+
+def _estimate_metrics(history: dict[int, list[float]], samples: int, completion_tokens: int) -> dict:
     solve_rates = [sum(values) / len(values) for values in history.values()]
-    metrics = {
+    return {
         "estimated_examples": len(history),
         "samples_per_example": samples,
         "mean_solve_rate": sum(solve_rates) / len(solve_rates),
@@ -274,73 +310,9 @@ def estimate_history(
         "always_solved": sum(rate == 1.0 for rate in solve_rates),
         "completion_tokens": completion_tokens,
     }
-    return history, metrics
 
 
-# -- the command -------------------------------------------------------------------------------------------------
-
-
-def run_select(
-    history_source: Path | None,
-    pool_path: Path,
-    output: Path,
-    top: int | None = None,
-    rank: int | None = None,
-    method: str = "std",
-    repeat: int = 1,
-    seed: int = 0,
-    estimate: str | None = None,
-    samples: int = 8,
-    limit: int | None = None,
-    template: str = DEFAULT_TEMPLATE,
-    temperature: float = PAPER_TEMPERATURE,
-    max_new_tokens: int = PAPER_MAX_COMPLETION_LENGTH,
-) -> tuple[list[Selected], dict]:
-    """`lowrank-rlvr select`: read (or estimate) the history, rank, write OUT. Returns (selected, metrics).
-
-    With `estimate`, the sampled history is also written to `<OUT without suffix>.history.json`, so it can be
-    passed as HISTORY later without sampling again."""
-    if (history_source is None) == (estimate is None):
-        raise UserError("give a HISTORY (JSON file or run folder) or --estimate MODEL, exactly one of them")
-    if method not in METHODS:
-        raise UserError(f"unknown --method {method!r} (choose {', '.join(METHODS)})")
-    # flags are checked before any sampling
-    if Path(output).suffix not in OUTPUT_SUFFIXES:
-        raise UserError(f"--output must end in .jsonl or .parquet (got {Path(output).name})")
-    if top is not None and rank is not None:
-        raise UserError("give --top or --rank, not both")
-    for flag, value in (("--top", top), ("--rank", rank), ("--repeat", repeat)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be >= 1 (got {value})")
-    writable_file(output, "--output")
-    if estimate is not None:
-        writable_file(Path(output).with_suffix(".history.json"), "estimated history")
-        if samples < 2:
-            raise UserError(f"--samples must be >= 2 to measure a spread (got {samples})")
-        if not temperature > 0:  # also refuses NaN
-            raise UserError(f"--temperature must be > 0 to sample rollouts (got {temperature})")
-        if max_new_tokens < 1:
-            raise UserError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})")
-    pool = load_pool(pool_path)
-    metrics: dict = {}
-    if estimate is not None:
-        pool = [example for example in pool if example.answer]  # nothing to grade against
-        if limit is not None:
-            if limit < 1:
-                raise UserError(f"--limit must be >= 1 (got {limit})")
-            pool = pool[:limit]
-        history, metrics = estimate_history(
-            estimate, pool, samples, template, temperature, max_new_tokens=max_new_tokens, seed=seed
-        )
-        history_path = Path(output).with_suffix(".history.json")
-        with atomic_output(history_path) as staging:
-            staging.write_text(json.dumps({str(index): values for index, values in history.items()}, indent=1))
-        metrics["history_path"] = str(history_path)
-    else:
-        history = load_history(history_source)
-    selected, select_metrics = select_examples(history, pool, method, top, rank, seed)
-    write_selection(selected, output, repeat)
-    return selected, {**metrics, **select_metrics, "rows_written": len(selected) * repeat, "output": str(output)}
+# -- the terminal ------------------------------------------------------------------------------------------------
 
 
 def describe(selected: list[Selected], metrics: dict) -> str:

@@ -108,3 +108,8 @@ def listing(configs: list[ShippedConfig]) -> str:
     lines = [f"{'name':<{name_width}}  {'model':<{model_width}}  what it is"]
     lines += [f"{c.name:<{name_width}}  {c.model:<{model_width}}  {c.description}" for c in configs]
     return "\n".join(lines)
+
+
+def configs_command() -> str:
+    """`lowrank-rlvr configs`: the shipped configs, a line each, and the folder they are in."""
+    return listing(shipped_configs()) + f"\n\n(in {config_dir()})"

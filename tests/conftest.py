@@ -77,7 +77,7 @@ def benchmark_dir(paper_data: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """Folder of the tiny warm-started Qwen2 (built once per machine, cached)."""
-    from lowrank_rlvr.tiny import tiny_model_dir
+    from lowrank_rlvr.builtin import tiny_model_dir
 
     return tiny_model_dir()
 

@@ -78,7 +78,7 @@ def test_minerva_gold_is_the_last_boxed_answer_of_each_solution(all_problems, pa
 
 @pytest.mark.slow  # grades all 1,447 shipped gold answers twice: about 100 s on a loaded 2-core machine
 def test_oracle_boxed_gold_scores_at_least_99_percent_and_wrong_answers_do_not(all_problems):
-    from lowrank_rlvr.rewards import Grader
+    from lowrank_rlvr.grading import Grader
 
     with Grader(workers=2) as grader:
         for name, problems in all_problems.items():

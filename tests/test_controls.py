@@ -46,7 +46,8 @@ def train(run_dir: Path, *overrides: str) -> list[dict]:
 
 
 def test_every_reward_kind_computes_accuracy_and_only_accuracy_kinds_train_on_it():
-    from lowrank_rlvr.train import REWARD_TERMS, reward_functions, reward_weights
+    from lowrank_rlvr.config import REWARD_TERMS
+    from lowrank_rlvr.reward_funcs import reward_functions, reward_weights
 
     kinds = typing.get_args(RewardSettings.model_fields["kind"].annotation)
     assert set(REWARD_TERMS) == set(kinds)
@@ -64,7 +65,7 @@ def test_every_reward_kind_computes_accuracy_and_only_accuracy_kinds_train_on_it
 
 
 def test_the_random_reward_ignores_the_text_and_repeats_for_a_seed():
-    from lowrank_rlvr.train import RandomReward
+    from lowrank_rlvr.reward_funcs import RandomReward
 
     draws = [reward for step in range(200) for reward in RandomReward(0.3, seed=5)(50, step)]
     rate, error = sum(draws) / len(draws), math.sqrt(0.3 * 0.7 / len(draws))

@@ -42,7 +42,7 @@ def _one_error_line(result) -> str:
 
 @pytest.mark.parametrize("local_rank", [0, 1, 3])
 def test_a_4bit_base_on_rank_n_is_loaded_onto_gpu_n(monkeypatch, local_rank):
-    from lowrank_rlvr.model import hf_device_map
+    from lowrank_rlvr.backends import hf_device_map
 
     # the variables torchrun / accelerate launch set on the second machine of two with 4 GPUs each
     monkeypatch.setenv("RANK", str(4 + local_rank))

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lowrank_rlvr.config import DataSettings
-from lowrank_rlvr.data import QWEN_MATH_SYSTEM, build_train_rows, load_examples, render_prompt
+from lowrank_rlvr.data import build_train_rows, load_examples
+from lowrank_rlvr.templates import QWEN_MATH_SYSTEM, render_prompt
 from lowrank_rlvr.errors import UserError
 
 

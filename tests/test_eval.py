@@ -194,12 +194,48 @@ def test_sweep_over_checkpoints_writes_accuracy_by_step(cli, tiny_model, strong_
     assert "| step |" in result.output
 
 
+def test_a_sweep_chooses_its_sampler_once_for_every_adapter(cli, monkeypatch, strong_adapter, benchmark_dir, tmp_path):
+    from lowrank_rlvr import evaluate, generation
+    from lowrank_rlvr.runs import RunFolder
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        shutil.copytree(strong_adapter, run / f"checkpoint-{step}")
+        RunFolder(run).mark_complete(step)
+    calls = []
+    choose = generation.choose_sampler
+    for module in (evaluate, generation):
+        monkeypatch.setattr(module, "choose_sampler", lambda *args: calls.append(args) or choose(*args))
+    result = _eval(cli, TINY, "--run", str(run), "--benchmarks", "aime24", "--data-dir", str(benchmark_dir),
+                   "--limit", "1", "--samples", "1", "--max-tokens", "2", "--backend", "hf")
+    assert result.exit_code == 0, result.output
+    assert [(requested, len(adapters)) for requested, adapters in calls] == [("hf", 2)]
+
+
+def test_eval_options_are_checked_when_they_are_made():
+    from lowrank_rlvr.evaluate import EvalOptions
+
+    assert EvalOptions(model=TINY).benchmark_names() == ["math500", "aime24", "amc23", "minerva_math", "olympiadbench",
+                                                         "aime25"]
+    for bad, message in [
+        (dict(run=Path("run"), adapter=Path("adapter")), "drop --adapter and --output"),
+        (dict(run=Path("run"), output=Path("r.json")), "drop --adapter and --output"),
+        (dict(), "give MODEL"),
+        (dict(model=TINY, backend="tpu"), "unknown backend 'tpu'"),
+        (dict(model=TINY, limit=0), "--limit must be >= 1"),
+        (dict(model=TINY, benchmarks="math500", samples=2), "would repeat one greedy answer"),
+        (dict(model=TINY, difficulty=0), "difficulty must be 1..12"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            EvalOptions(**bad)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--benchmarks", "math500", "--samples", "4", "--temperature", "0"], "would repeat one greedy answer"),
         (["--benchmarks", "math5000"], "unknown benchmark math5000"),
-        (["--adapter", "/nonexistent/adapter"], "no adapter_config.json"),
+        (["--adapter", "/nonexistent/adapter"], "adapter folder not found"),
         (["--backend", "tpu"], "unknown backend 'tpu'"),
         (["--limit", "0"], "--limit must be >= 1"),
     ],
@@ -262,7 +298,7 @@ def test_a_prompt_longer_than_the_context_is_skipped_and_scored_zero(cli, tiny_m
 
 
 def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, strong_adapter):
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.generation import HFGenerator
 
     generator = HFGenerator(str(tiny_model))
@@ -276,11 +312,12 @@ def test_hf_backend_switches_the_adapter_off_again_after_using_it(tiny_model, st
 
 def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
     """vLLM 0.32 serves LoRA on the projections only: 'auto' falls back to transformers, 'vllm' is a clear error."""
-    from lowrank_rlvr.generation import choose_sampler, vllm_unsupported_modules
+    from lowrank_rlvr.adapters import read_adapter
+    from lowrank_rlvr.generation import choose_sampler
 
     adapter = make_adapter(tiny_model, tmp_path / "lm-head-adapter", std=0.05, extra_targets=("lm_head",))
-    assert vllm_unsupported_modules(adapter) == ["lm_head"]
-    assert choose_sampler("auto", [adapter]) == "hf"
+    assert read_adapter(adapter).vllm_unsupported == ["lm_head"]
+    assert choose_sampler("auto", [read_adapter(adapter)]) == "hf"
     result = _eval(cli, TINY, "--adapter", str(adapter), "--backend", "vllm")
     assert result.exit_code == 2
     assert "vLLM cannot serve a LoRA adapter on lm_head" in result.output
@@ -288,16 +325,16 @@ def test_an_adapter_on_lm_head_is_not_sent_to_vllm(cli, tiny_model, tmp_path):
 
 def test_answers_that_restate_their_question_are_counted_and_noted():
     from lowrank_rlvr.benchmarks import Problem
-    from lowrank_rlvr.evaluate import markdown_table, summarize
+    from lowrank_rlvr.evaluate import benchmark_result, report_table
 
     problems = [Problem(id="a", problem="What is 18+46?", answer="64"), Problem(id="b", problem="What is 2+2?", answer="4")]
     records = [
         {"id": "a", "reward": 1.0, "num_tokens": 5, "truncated": False, "timed_out": False, "restates_question": True},
         {"id": "b", "reward": 1.0, "num_tokens": 5, "truncated": False, "timed_out": False, "restates_question": False},
     ]
-    result = summarize("math500", problems, records, protocol_sampling("math500"))
+    result = benchmark_result(problems, records, protocol_sampling("math500"))
     assert result["restated_question"] == 1 and result["accuracy"] == 1.0  # math-verify's verdict is kept
-    table = markdown_table({"benchmarks": {"math500": result}, "average": 1.0})
+    table = report_table({"benchmarks": {"math500": result}, "average": 1.0})
     assert "note: 1 answer(s) restate their question" in table
     result["restated_question"] = 0
-    assert "note:" not in markdown_table({"benchmarks": {"math500": result}, "average": 1.0})
+    assert "note:" not in report_table({"benchmarks": {"math500": result}, "average": 1.0})

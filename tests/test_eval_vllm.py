@@ -127,7 +127,7 @@ def test_vllm_eval_with_adapter_follows_the_paper_protocol_on_all_six(
 
 def test_vllm_and_hf_agree_on_the_real_model_under_greedy_decoding(vllm_cli, cli, benchmark_dir, tmp_path):
     """SmolLM2-135M-Instruct (a Llama, float32, its own chat template): vLLM and transformers give the same answers."""
-    from lowrank_rlvr.smollm2 import smollm2_model_dir
+    from lowrank_rlvr.builtin import smollm2_model_dir
 
     model = str(smollm2_model_dir())  # builtin:smollm2-135m's folder, converted here (the vLLM venv has no gguf)
     args = [model, "--benchmarks", "math500,minerva_math", "--data-dir", str(benchmark_dir),

@@ -192,13 +192,14 @@ def test_quantized_base_is_refused(cli, tiny_model: Path, tiny_adapter: Path, tm
 
 
 def test_prequantized_base_name_maps_to_its_16bit_twin():
+    from lowrank_rlvr.adapters import Adapter
     from lowrank_rlvr.merge import choose_base
 
-    assert choose_base({"base_model_name_or_path": "unsloth/qwen2.5-math-1.5b-bnb-4bit"}, None, None) == (
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "unsloth/qwen2.5-math-1.5b-bnb-4bit"}), None, None) == (
         "unsloth/qwen2.5-math-1.5b"
     )
-    assert choose_base({"base_model_name_or_path": "Qwen/Qwen2.5-Math-1.5B"}, None, None) == "Qwen/Qwen2.5-Math-1.5B"
-    assert choose_base({"base_model_name_or_path": "a/b-bnb-4bit"}, None, "my/base") == "my/base"
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "Qwen/Qwen2.5-Math-1.5B"}), None, None) == "Qwen/Qwen2.5-Math-1.5B"
+    assert choose_base(Adapter(Path("adapter"), {"base_model_name_or_path": "a/b-bnb-4bit"}), None, "my/base") == "my/base"
 
 
 def test_unknown_dtype_is_refused(cli, tiny_adapter: Path, tmp_path: Path):
@@ -293,7 +294,7 @@ def test_model_card_names_a_hub_base_and_inherits_its_license():
     from huggingface_hub import ModelCard
 
     card = ModelCard(
-        __import__("lowrank_rlvr.merge", fromlist=["model_card"]).model_card(
+        __import__("lowrank_rlvr.card", fromlist=["model_card"]).model_card(
             base_name="Qwen/Qwen2.5-Math-1.5B", dtype="bf16", model_id="me/qwen-pi1", license="apache-2.0"
         )
     )

@@ -12,7 +12,8 @@ import pytest
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import load_config
 from lowrank_rlvr.runs import RunFolder
-from lowrank_rlvr.paper import R1_CONTEXT, ROWS, markdown_table, model_key, reference, training_of
+from lowrank_rlvr.paper import R1_CONTEXT, ROWS, reference, reference_table, training_of
+from lowrank_rlvr.pretrained import model_key
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -48,7 +49,7 @@ def test_the_example_set_is_read_from_the_runs_config():
 
 
 def test_readme_shows_the_table_stored_in_paper_py():
-    assert markdown_table() in README.read_text()
+    assert reference_table() in README.read_text()
 
 
 # ---- beside ours, through the CLI ---------------------------------------------------------------------------------

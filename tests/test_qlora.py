@@ -39,7 +39,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def base() -> Path:
-    from lowrank_rlvr.smollm2 import smollm2_model_dir
+    from lowrank_rlvr.builtin import smollm2_model_dir
 
     return smollm2_model_dir()
 

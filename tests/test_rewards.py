@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from lowrank_rlvr.grading import Grader
 from lowrank_rlvr.rewards import (
     MAX_ANSWER_CHARS,
-    Grader,
     GradeResult,
     _grade_in_process,  # the in-process path, to read its timed_out flag (math_reward returns the reward alone)
     extract_answer,

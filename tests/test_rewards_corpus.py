@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from lowrank_rlvr.rewards import Grader, extract_answer
+from lowrank_rlvr.rewards import extract_answer
+from lowrank_rlvr.grading import Grader
 
 PAPER_DATA = Path(__file__).resolve().parents[1] / "data"  # the shipped copy of the paper's data (shipped.data_dir)
 VARIANT_LABELS = {"solution": 1.0, "equivalent": 1.0, "wrong": 0.0, "truncated": 0.0, "early_box": 1.0, "late_box": 0.0}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lowrank_rlvr.errors import UserError
-from lowrank_rlvr.runs import COMPLETE_MARKER, LAYOUT, RunFolder, layout_table, read_jsonl
+from lowrank_rlvr.files import read_jsonl
+from lowrank_rlvr.runs import COMPLETE_MARKER, LAYOUT, RunFolder, layout_table
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lowrank_rlvr"
 GENERIC = {"adapter", "report", "tensorboard"}  # also plain words (dict keys, command names): not checked

@@ -12,7 +12,7 @@ import pytest
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import DataSettings
 from lowrank_rlvr.data import load_examples
-from lowrank_rlvr.select import history_scores, rank_by_score
+from lowrank_rlvr.history import history_scores, rank_by_score
 
 # pool index -> accuracy per epoch. std: 7 -> 0.5, 3 and 11 -> 0.4082 (same values, permuted: a tie), 5 -> 0.
 HISTORY = {
@@ -218,7 +218,7 @@ def greedy_answer(model_dir: Path, problem: str) -> str:
     """What the tiny model answers to `problem` without sampling (its warm start writes a random boxed number)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
     from lowrank_rlvr.rewards import extract_answer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

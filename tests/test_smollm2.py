@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from lowrank_rlvr.cli import app
-from lowrank_rlvr.config import CONFIG_DIR, SMOLLM2_MODEL, load_config
+from lowrank_rlvr.config import CONFIG_DIR, load_config
+from lowrank_rlvr.builtin import SMOLLM2_MODEL
 
 CONFIG = CONFIG_DIR / "smollm2-135m-cpu.yaml"
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    from lowrank_rlvr.smollm2 import smollm2_model_dir
+    from lowrank_rlvr.builtin import smollm2_model_dir
 
     return smollm2_model_dir()
 
@@ -43,7 +44,7 @@ def _greedy(model, tokenizer, text: str, max_new_tokens: int) -> tuple[str, list
 
 
 def test_builtin_name_is_a_plain_cached_llama_with_the_smollm2_chat_tokens(smollm2):
-    from lowrank_rlvr.model import resolve_model_path
+    from lowrank_rlvr.builtin import resolve_model_path
 
     assert resolve_model_path(SMOLLM2_MODEL) == str(smollm2)
     config = json.loads((smollm2 / "config.json").read_text())
@@ -55,7 +56,7 @@ def test_builtin_name_is_a_plain_cached_llama_with_the_smollm2_chat_tokens(smoll
 
 
 def test_chat_template_renders_a_prompt_the_model_answers_and_ends(smollm2_model):
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
 
     model, tokenizer = smollm2_model
     prompt = render_prompt("What is the capital of France?", "chat", tokenizer)
@@ -82,7 +83,8 @@ def test_fetch_failure_is_one_line_error_and_leaves_no_cache(cli, monkeypatch, t
 
 def test_math_verify_pays_for_a_restated_question_unless_a_simplified_answer_is_required():
     """The echo SmolLM2 learned from one example: `\\boxed{17+25}` is 'equal' to 42 for math-verify."""
-    from lowrank_rlvr.rewards import Grader, restates_question
+    from lowrank_rlvr.rewards import restates_question
+    from lowrank_rlvr.grading import Grader
 
     responses = ["So \\boxed{17+25}.", "\\boxed{42}", "17 + 25 = \\boxed{42}", "\\boxed{40 + 2}", "\\boxed{\\frac{1}{2}}"]
     with Grader(workers=1) as lenient, Grader(workers=1, require_simplified_answer=True) as strict:
@@ -94,7 +96,7 @@ def test_math_verify_pays_for_a_restated_question_unless_a_simplified_answer_is_
 
 @pytest.mark.slow
 def test_eval_through_the_cli_gives_the_models_own_greedy_answers(cli, smollm2_model, tmp_path):
-    from lowrank_rlvr.data import render_prompt
+    from lowrank_rlvr.templates import render_prompt
 
     report_path = tmp_path / "report.json"
     result = cli.invoke(app, ["eval", SMOLLM2_MODEL, "--backend", "hf", "--benchmarks", "math500,minerva_math",

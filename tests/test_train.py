@@ -146,9 +146,23 @@ def test_unsloth_backend_without_cuda_is_one_line_and_exit_2(cli, tmp_path):
 
 
 def test_auto_backend_is_hf_without_cuda():
-    from lowrank_rlvr.runtime import choose_backend
+    from lowrank_rlvr.backends import choose_backend
 
     assert choose_backend("auto", on_cuda=False) == "hf" and choose_backend("hf", on_cuda=False) == "hf"
+
+
+def test_a_metrics_row_holds_every_documented_key_in_order(tmp_path):
+    from lowrank_rlvr.recorder import RunRecorder
+    from lowrank_rlvr.runs import METRIC_KEYS, RunFolder
+    from lowrank_rlvr.runtime import Launch
+
+    run = RunFolder(tmp_path)
+    recorder = RunRecorder(run, Launch(0, 1), resumed_step=None)
+    recorder._write_metrics(1, {"reward": 0.5, "rewards/accuracy/mean": 0.25, "entropy": 0.3})
+    [row] = run.read_metrics()
+    assert tuple(row) == METRIC_KEYS
+    assert (row["step"], row["reward_mean"], row["train_accuracy"], row["entropy"]) == (1, 0.5, 0.25, 0.3)
+    assert row["kl"] == 0.0 and row["grad_norm"] is None and row["sampling_logp_difference_mean"] is None
 
 
 def test_the_unsloth_path_gets_the_papers_settings_and_colocated_sampling():
@@ -163,6 +177,23 @@ def test_the_unsloth_path_gets_the_papers_settings_and_colocated_sampling():
     assert (args.beta, args.entropy_coef, args.temperature, args.num_generations) == (0.001, 0.001, 0.6, 8)
     assert (args.epsilon, args.epsilon_high, args.mask_truncated_completions) == (0.2, 0.2, False)
     assert args.optim == "adamw_torch" and args.loss_type == "dapo" and args.vllm_importance_sampling_correction
+
+
+def test_every_grpo_setting_reaches_trl_under_its_name_or_is_named_as_ours():
+    """A setting added to GRPOSettings must be passed to TRL (SAME_AS_TRL) or say why not (NOT_AS_TRL)."""
+    from lowrank_rlvr.config import GRPOSettings, load_config
+    from lowrank_rlvr.train import NOT_AS_TRL, SAME_AS_TRL, grpo_arguments
+
+    import torch
+
+    assert set(GRPOSettings.model_fields) == set(SAME_AS_TRL) | set(NOT_AS_TRL)
+    assert not set(SAME_AS_TRL) & set(NOT_AS_TRL)
+    overrides = ["grpo.learning_rate=3e-5", "grpo.top_p=0.9", "grpo.vllm_server_port=8123", "grpo.seed=7"]
+    cfg = load_config("tiny-cpu", overrides, output_dir="unused")
+    args = grpo_arguments(cfg, "hf", False, torch.float32)
+    assert {name: getattr(args, name) for name in SAME_AS_TRL if name != "report_to"} == {
+        name: getattr(cfg.grpo, name) for name in SAME_AS_TRL if name != "report_to"}
+    assert (args.learning_rate, args.top_p, args.vllm_server_port, args.seed) == (3e-5, 0.9, 8123, 7)
 
 
 # -- resume from every place a kill can leave a run ----------------------------------------------------------------
@@ -245,7 +276,8 @@ def test_the_format_baseline_hands_trl_the_format_reward_alone():
     import torch
 
     from lowrank_rlvr.config import load_config
-    from lowrank_rlvr.train import grpo_arguments, reward_functions
+    from lowrank_rlvr.reward_funcs import reward_functions
+    from lowrank_rlvr.train import grpo_arguments
 
     cfg = load_config("tiny-cpu", ["reward.kind=format"], output_dir="unused")
     names = [f.__name__ for f in reward_functions(grader=None, kind="format", recorder=None)]
@@ -294,7 +326,8 @@ def test_format_plus_accuracy_trains_on_both_rewards():
     import torch
 
     from lowrank_rlvr.config import load_config
-    from lowrank_rlvr.train import grpo_arguments, reward_functions
+    from lowrank_rlvr.reward_funcs import reward_functions
+    from lowrank_rlvr.train import grpo_arguments
 
     cfg = load_config("tiny-cpu", ["reward.kind=format+accuracy"], output_dir="unused")
     names = [f.__name__ for f in reward_functions(grader=None, kind=cfg.reward.kind, recorder=None)]

@@ -74,7 +74,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def healthy_run(vllm_bin, tmp_path_factory) -> dict:
-    from lowrank_rlvr.smollm2 import smollm2_model_dir
+    from lowrank_rlvr.builtin import smollm2_model_dir
 
     base = smollm2_model_dir() / "model.safetensors"
     before = sha256(base)
