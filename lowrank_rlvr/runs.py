@@ -278,38 +278,29 @@ class RunFolder:
         raw.pop("resolved", None)
         return config_from_raw(raw, str(self.config_path), check_files=False)
 
-    # -- metrics.jsonl -------------------------------------------------------------------------------------------
+    # -- metrics.jsonl and rollouts.jsonl: one JSON object per step -----------------------------------------------
     def read_metrics(self) -> list[dict]:
         """One row per step (the last written wins: a resumed run logs its steps again), sorted by step."""
-        if not self.metrics_path.is_file():
-            return []
-        return _by_step(self.metrics_path, read_jsonl(self.metrics_path, torn_tail_ok=True))
+        return _read_steps(self.metrics_path)
 
     def append_metrics(self, record: dict) -> None:
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        _append(self.metrics_path, record)
 
     def keep_metrics_through(self, step: int | None) -> None:
         """Forget what was logged after `step` (None: everything): those steps are trained again."""
-        kept = [] if step is None else [row for row in self.read_metrics() if row["step"] <= step]
-        _write(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        _keep_steps_through(self.metrics_path, step)
 
-    # -- rollouts.jsonl ------------------------------------------------------------------------------------------
     def read_rollouts(self) -> list[dict]:
         """One line per kept step (the last written wins), sorted by step; [] when none were kept."""
-        if not self.rollouts_path.is_file():
-            return []
-        return _by_step(self.rollouts_path, read_jsonl(self.rollouts_path, torn_tail_ok=True))
+        return _read_steps(self.rollouts_path)
 
     def append_rollouts(self, record: dict) -> None:
-        with self.rollouts_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        _append(self.rollouts_path, record)
 
     def keep_rollouts_through(self, step: int | None) -> None:
         """Forget the rollouts kept after `step` (None: all), as `keep_metrics_through` does."""
         if step is None or self.rollouts_path.is_file():
-            kept = [] if step is None else [row for row in self.read_rollouts() if row["step"] <= step]
-            _write(self.rollouts_path, "".join(json.dumps(row) + "\n" for row in kept))
+            _keep_steps_through(self.rollouts_path, step)
 
     # -- history.json --------------------------------------------------------------------------------------------
     def read_history(self) -> dict[str, list[float]]:
@@ -325,9 +316,7 @@ class RunFolder:
 
     # -- eval_by_step.jsonl --------------------------------------------------------------------------------------
     def read_eval_by_step(self) -> list[dict]:
-        if not self.eval_by_step_path.is_file():
-            return []
-        return _by_step(self.eval_by_step_path, read_jsonl(self.eval_by_step_path, torn_tail_ok=True))
+        return _read_steps(self.eval_by_step_path)
 
     def write_eval_by_step(self, lines: list[dict]) -> None:
         _write(self.eval_by_step_path, "".join(json.dumps(line) + "\n" for line in lines))
@@ -360,6 +349,20 @@ class RunFolder:
         shutil.rmtree(self.adapter_dir, ignore_errors=True)
         self.staging_adapter_dir().rename(self.adapter_dir)
         return self.adapter_dir
+
+
+def _read_steps(path: Path) -> list[dict]:
+    return _by_step(path, read_jsonl(path, torn_tail_ok=True)) if path.is_file() else []
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _keep_steps_through(path: Path, step: int | None) -> None:
+    kept = [] if step is None else [row for row in _read_steps(path) if row["step"] <= step]
+    _write(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 def _by_step(path: Path, numbered: list[tuple[int, dict]]) -> list[dict]:

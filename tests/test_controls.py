@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import CONFIG_DIR, RewardSettings, load_config
+from run_files import metrics
 
 CLI = [str(Path(sys.executable).parent / "lowrank-rlvr")]
 
@@ -29,10 +30,6 @@ CLI = [str(Path(sys.executable).parent / "lowrank-rlvr")]
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def train(run_dir: Path, *overrides: str) -> list[dict]:

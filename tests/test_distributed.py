@@ -8,7 +8,6 @@ loader and launch-argument validation only, not run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from safetensors.torch import load_file
 
 from lowrank_rlvr.cli import app
 from lowrank_rlvr.config import CONFIG_DIR, load_config
+from run_files import sha256
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "lowrank-rlvr")
@@ -60,10 +60,6 @@ def free_port() -> int:
 
 def logged_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ is then never zero, whatever the rollouts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from run_files import sha256
 
 CLI = str(Path(sys.executable).parent / "lowrank-rlvr")
 QLORA = ["--set", "model.load_in_4bit=true", "--set", "grpo.num_generations=4",
@@ -31,10 +32,6 @@ QLORA = ["--set", "model.load_in_4bit=true", "--set", "grpo.num_generations=4",
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from lowrank_rlvr.cli import app
+from run_files import metrics, sha256
 
 CLI = [str(Path(sys.executable).parent / "lowrank-rlvr")]
 # Every metrics.jsonl key is written at every step (None where the logs lacked it): these are the ones TRL must fill.
@@ -39,14 +39,6 @@ app(sys.argv[2:], prog_name="lowrank-rlvr")
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

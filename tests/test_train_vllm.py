@@ -13,7 +13,6 @@ visibly off after a step or two (peft starts LoRA at B=0: at step 1 the stale an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lowrank_rlvr.parity import ParityThresholds
+from run_files import metrics, sha256
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -62,14 +62,6 @@ def train(command: list[str], run_dir: Path, *settings: str) -> subprocess.Compl
     for setting in [*TEST_SETTINGS, *settings]:
         args += ["--set", setting]
     return subprocess.run([*command, *args], capture_output=True, text=True, env=env)
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
