@@ -20,7 +20,6 @@ answer, reward). One JSON in benchmarks/results/ with the commands, versions, ma
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.metadata
 import json
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_smollm2 import CLI, held_out_sums, held_out_summary, run  # noqa: E402
+from bench_smollm2 import CLI, held_out_sums, held_out_summary, run, run_arguments  # noqa: E402
 
 VERSIONS = ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate")
 
@@ -82,13 +81,7 @@ def differences(records: dict[str, list[dict]], one: str, other: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/smollm2-135m-cpu.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="passed to train (repeatable)")
-    parser.add_argument("--name", default="", help="suffix of the run folder and the result file")
-    parser.add_argument("--held-out", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=1, help="seed of the held-out sums (bench_smollm2's default)")
-    parser.add_argument("--runs-dir", default="runs")
+    parser = run_arguments(__doc__.splitlines()[0])  # bench_smollm2's: the same run and held-out sums
     parser.add_argument("--run-dir", help="an existing 4-bit run folder: skip training, merge and answer with it")
     args = parser.parse_args()
 

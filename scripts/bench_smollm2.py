@@ -89,15 +89,20 @@ def _last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a SmolLM2 run and its held-out sums (this script's, and bench_qlora's)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="configs/smollm2-135m-cpu.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="passed to train (repeatable)")
     parser.add_argument("--name", default="", help="suffix of the run folder and the result file")
     parser.add_argument("--held-out", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out sums")
     parser.add_argument("--runs-dir", default="runs")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = run_arguments(__doc__.splitlines()[0]).parse_args()
 
     date = datetime.date.today().isoformat()
     stem = "smollm2-135m-cpu" + (f"-{args.name}" if args.name else "")
